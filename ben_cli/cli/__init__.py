@@ -1,0 +1,1 @@
+"""The ``ben`` command line (typer). Commands are thin; torch is imported lazily."""

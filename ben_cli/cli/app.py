@@ -1,0 +1,69 @@
+"""The root ``ben`` command: registers subcommands and maps errors to exit codes.
+
+Exit codes: 0 all done, 1 some inputs failed, 2 nothing could run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ben_cli.errors import BenError
+
+app = typer.Typer(
+    name="ben",
+    help="Batch background removal with BEN (Background Erase Network).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    # Each module only imports typer at import time, so `ben --help` stays instant.
+    from ben_cli.cli import erase, eval_cmd, trimap_cmd, weights_cmd
+
+    for mod in (erase, trimap_cmd, eval_cmd, weights_cmd):
+        mod.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except BenError as e:
+        _error(str(e))
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as e:  # click usage errors and unexpected failures
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            _error("aborted")
+            return 130
+        if os.environ.get("BEN_DEBUG"):
+            raise
+        _error(f"unexpected error: {type(e).__name__}: {e} (set BEN_DEBUG=1 for a traceback)")
+        return 2
+    return rc if isinstance(rc, int) else 0
+
+
+def _error(msg: str) -> None:
+    print(f"ben: error: {msg}", file=sys.stderr)
+
+
+def run() -> None:
+    sys.exit(main())

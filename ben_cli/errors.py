@@ -1,0 +1,47 @@
+"""Typed errors of the library.
+
+Library code raises these; only ``ben_cli.cli.app`` turns them into messages and
+exit codes (0 all done, 1 some inputs failed, 2 nothing could run).
+"""
+
+from __future__ import annotations
+
+
+class BenError(Exception):
+    """Base class of every error that ``ben`` reports without a traceback."""
+
+    exit_code: int = 2
+
+
+class UsageError(BenError):
+    """A bad option or argument combination."""
+
+
+class WeightsNotFoundError(BenError):
+    """No checkpoint could be found (and none could be downloaded)."""
+
+
+class CheckpointError(BenError):
+    """A checkpoint file cannot be read, or its tensors do not fit the model."""
+
+
+class DeviceUnavailableError(BenError):
+    """The requested device or precision is not available on this machine."""
+
+
+class InputError(BenError):
+    """One input cannot be used (unreadable, not an image, too large, ...).
+
+    Raised per file; a batch reports it and goes on with the other files.
+    """
+
+    exit_code = 1
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class PairingError(BenError):
+    """Predictions and ground truths do not pair up one to one (``ben eval``)."""
