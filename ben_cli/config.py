@@ -23,6 +23,7 @@ class SwinConfig:
     window_size: int = 12
     patch_size: int = 4
     mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.2  # stochastic depth in training, as in the official model
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Checkpoint reading, official-layout conversion, strict loading and saving."""

@@ -1,0 +1,1 @@
+"""BEN networks: the Swin encoder, the multi-view decoder and the BEN Base model."""
