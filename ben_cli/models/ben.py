@@ -94,7 +94,7 @@ class BenBase(nn.Module):
     @staticmethod
     def views(x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B*5, 3, S/2, S/2): 4 quarters then the whole image at half size."""
-        B, _, S, W = x.shape
+        _, _, S, W = x.shape
         if S % 128 or W % 128 or S < 256 or W < 256:
             raise ValueError(f"input sides must be multiples of 128 and >= 256, got {S}x{W}")
         glb = F.interpolate(x, scale_factor=0.5, mode="bilinear")

@@ -99,12 +99,15 @@ class MCLM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 5, C, h, w) -> (B, 5, C, h, w)."""
-        B, _, C, h, w = x.shape
+        _, _, C, h, w = x.shape
         loc, glb = x[:, :4], x[:, 4]
         merged = patches_to_image(loc)  # (B, C, 2h, 2w)
         pools, pos = [], []
         for r in self.pool_ratios:
-            p = F.adaptive_avg_pool2d(merged, (round(h / r), round(w / r)))
+            size = (round(h / r), round(w / r))
+            if 0 in size:  # an empty pool adds no tokens (and has no gradient)
+                continue
+            p = F.adaptive_avg_pool2d(merged, size)
             pools.append(_seq(p))
             pos.append(sine_position_embedding(p.shape[2], p.shape[3], C, x.device, x.dtype))
         kv, kv_pos = torch.cat(pools, 0), torch.cat(pos, 0)  # (L, B, C), (L, 1, C)
@@ -150,7 +153,8 @@ class MCRM(nn.Module):
         loc = loc * image_to_patches(torch.sigmoid(token_logits))
 
         glb_q = image_to_patches(glb).flatten(0, 1)  # (B*4, C, h/2, w/2)
-        pools = [F.adaptive_avg_pool2d(glb_q, (round(h / r), round(w / r))).flatten(2) for r in self.pool_ratios]
+        sizes = [(round(h / r), round(w / r)) for r in self.pool_ratios]
+        pools = [F.adaptive_avg_pool2d(glb_q, s).flatten(2) for s in sizes if 0 not in s]
         kv_all = torch.cat(pools, 2).view(B, 4, C, -1)  # (B, 4, C, L)
 
         outs = []

@@ -1,0 +1,165 @@
+"""``ben erase INPUT OUTPUT``: cutouts, alpha masks and trimaps for files, folders and pipes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ben_cli.cli import options as opt
+from ben_cli.errors import UsageError
+
+SAVE_HELP = ("What to write: cutout (RGBA <stem>.png), alpha (<stem>.alpha.png), trimap (<stem>.trimap.png). "
+             "Repeat or comma-separate.")
+
+
+def erase(
+    input: Annotated[str, typer.Argument(help="Image file, folder (walked recursively) or - for stdin.")],
+    output: Annotated[str, typer.Argument(help="Folder (mirrors the input tree), a .png file, or - for stdout.")],
+    save: Annotated[list[str] | None, typer.Option("--save", "-s", help=SAVE_HELP)] = None,
+    weights: opt.Weights = None,
+    resolution: opt.Resolution = 1024,
+    batch_size: opt.BatchSize = 4,
+    device: opt.Device = "auto",
+    precision: opt.Precision = "auto",
+    refiner: opt.Refiner = "auto",
+    refiner_weights: opt.RefinerWeights = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write per-file results and totals as JSON.",
+                                                show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Reader and writer threads each.")] = 2,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Remove the background of images: BEN Base -> confidence trimap -> refiner."""
+    from ben_cli import runner
+    from ben_cli.io import clean_stale_temp_files
+    from ben_cli.pipeline import check_refiner, check_resolution
+
+    kinds = runner.expand_kinds(save or [])
+    check_resolution(resolution)
+    check_refiner(refiner, refiner_weights)
+    jobs, out_root = _plan(input, output, kinds)
+    if out_root is not None and out_root.is_dir():
+        clean_stale_temp_files(out_root)
+
+    def get_eraser():
+        from ben_cli.pipeline import Eraser
+
+        return Eraser.from_options(weights, device=device, precision=precision, resolution=resolution,
+                                   batch_size=batch_size, refiner=refiner, refiner_weights=refiner_weights)
+
+    to_stdout = output == runner.STDOUT
+    console = opt.stderr_console(quiet)
+    summary = _run_with_progress(jobs, get_eraser, batch_size, overwrite, workers, console, quiet or to_stdout)
+    if report is not None:
+        from ben_cli.io import atomic_write_bytes
+
+        atomic_write_bytes(report, json.dumps(summary.to_json(), indent=2).encode())
+    if not quiet:
+        _print_summary(console, summary)
+    if summary.count("failed"):
+        raise typer.Exit(1)
+
+
+def _plan(input: str, output: str, kinds: tuple[str, ...]):
+    """Jobs and the output root folder (None for stdout / single file)."""
+    from ben_cli import runner
+    from ben_cli.io import find_images, plan_outputs, read_stdin_bytes, single_output
+
+    to_stdout = output == runner.STDOUT
+    if to_stdout and len(kinds) > 1:
+        raise UsageError("with OUTPUT '-' only one --save kind can be written")
+    if input == runner.STDIN:
+        data = read_stdin_bytes()
+        if to_stdout:
+            return [runner.Job("<stdin>", {kinds[0]: runner.STDOUT}, data)], None
+        if Path(output).is_dir():
+            raise UsageError("with INPUT '-' OUTPUT must be '-' or a .png file")
+        return [runner.Job("<stdin>", dict(single_output("stdin.png", output, kinds)), data)], None
+    src = Path(input)
+    if not src.exists():
+        raise UsageError(f"input not found: {src}")
+    if src.is_file():
+        if to_stdout:
+            return [runner.Job(str(src), {kinds[0]: runner.STDOUT})], None
+        if output.lower().endswith(".png") and not Path(output).is_dir():
+            return [runner.Job(str(src), dict(single_output(src, output, kinds)))], None
+        out_root = Path(output)
+        plan = plan_outputs([src], src.parent, out_root, kinds)
+        return [runner.Job(str(p), dict(o)) for p, o in plan.items()], out_root
+    if to_stdout:
+        raise UsageError("OUTPUT '-' needs a single input image, not a folder")
+    out_root = Path(output)
+    if out_root.exists() and not out_root.is_dir():
+        raise UsageError(f"OUTPUT must be a folder when INPUT is a folder: {out_root}")
+    if out_root.resolve() == src.resolve():
+        raise UsageError("OUTPUT must not be the INPUT folder (outputs would be read back as inputs)")
+    images = find_images(src, exclude=out_root)
+    plan = plan_outputs(images, src, out_root, kinds)
+    return [runner.Job(str(p), dict(o)) for p, o in plan.items()], out_root
+
+
+def _run_with_progress(jobs, get_eraser, batch_size, overwrite, workers, console, no_bar):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ben_cli import runner
+
+    show_bar = not no_bar and console.is_terminal
+    progress = Progress(TextColumn("[bold]erase"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, disable=not show_bar, transient=False)
+    task = progress.add_task("erase", total=len(jobs), rate="")
+    done = [0]
+    t0 = time.perf_counter()
+
+    def on_result(r: runner.FileResult) -> None:
+        if r.status == "failed":
+            if show_bar:  # print above the live bar
+                progress.console.print(f"ben: {r.input}: {r.error}", markup=False, soft_wrap=True)
+            else:
+                opt.print_error(f"{r.input}: {r.error}")
+        if r.status == "done":
+            done[0] += 1
+        rate = done[0] / max(time.perf_counter() - t0, 1e-9)
+        progress.update(task, advance=1, rate=f"{rate:.2f} img/s")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminate)  # a kill stops like Ctrl-C: only complete files remain
+    try:
+        with progress:
+            return runner.run(jobs, get_eraser, batch_size=batch_size, overwrite=overwrite,
+                              workers=workers, on_result=on_result)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_summary(console, summary) -> None:
+    from rich.table import Table
+
+    table = Table(title="ben erase", show_header=False, box=None, pad_edge=False)
+    table.add_row("done", str(summary.count("done")))
+    table.add_row("skipped (outputs exist)", str(summary.count("skipped")))
+    table.add_row("failed", str(summary.count("failed")), style="red" if summary.count("failed") else None)
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    table.add_row("images / s", f"{summary.images_per_second:.2f}")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("erase")(erase)
+

@@ -1,0 +1,69 @@
+"""The one module that asks torch which accelerators exist; picks device, dtype and autocast."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from ben_cli.errors import DeviceUnavailableError, UsageError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Asking for a device that is not there is an error, never a silent fallback.
+    """
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device {spec!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif device.type == "mps":
+        if not _mps_available():
+            raise DeviceUnavailableError(f"device {spec!r} requested but MPS is not available")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {spec!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Compute dtype: ``auto`` is fp16 on CUDA and MPS, fp32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    dtype = _DTYPES[precision]
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceUnavailableError(f"bf16 is not supported on {device}")
+    return dtype
+
+
+@contextlib.contextmanager
+def inference_context(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """``inference_mode`` plus autocast to ``dtype`` when it is not fp32."""
+    with torch.inference_mode():
+        if dtype == torch.float32:
+            yield
+        else:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                yield
