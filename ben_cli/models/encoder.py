@@ -16,46 +16,65 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import (
-    SwinTransformer,
-    SwinTransformerBlock,
-    window_partition,
-    window_reverse,
-)
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from torch import nn
 
 from ben_cli.config import SwinConfig
 
 
 class PadThenShiftBlock(SwinTransformerBlock):
-    """timm Swin block whose attention step pads to the window multiple, then shifts."""
+    """timm Swin block whose attention step pads to the window multiple, then shifts.
+
+    Padding, the cyclic shift and the window partition are one gather with a
+    precomputed index (and the way back one more), instead of six full copies.
+    """
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
-        _, H, W, C = x.shape
-        wh, ww = self.window_size
-        x = F.pad(x, (0, 0, 0, (ww - W % ww) % ww, 0, (wh - H % wh) % wh))
-        _, Hp, Wp, _ = x.shape
-        shift = tuple(self.shift_size)
-        mask = None
-        if any(shift):
-            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            mask = self._shift_mask(Hp, Wp, x)
-        windows = window_partition(x, self.window_size).view(-1, self.window_area, C)
+        B, H, W, C = x.shape
+        fwd, inv, mask = self._layout(H, W, x)
+        flat = F.pad(x.reshape(B, H * W, C), (0, 0, 0, 1))  # row H*W is the zero padding
+        windows = flat.index_select(1, fwd).view(-1, self.window_area, C)
         windows = self.attn(windows, mask=mask)
-        x = window_reverse(windows.view(-1, wh, ww, C), self.window_size, Hp, Wp)
-        if any(shift):
-            x = torch.roll(x, shifts=shift, dims=(1, 2))
-        return x[:, :H, :W, :].contiguous()
+        return windows.view(B, -1, C).index_select(1, inv).view(B, H, W, C)
 
-    def _shift_mask(self, Hp: int, Wp: int, x: torch.Tensor) -> torch.Tensor:
-        """(num_windows, N, N) mask of 0 / -100 for the shifted padded grid, cached per shape."""
-        key = (Hp, Wp, x.device, x.dtype)
-        cache = self.__dict__.setdefault("_mask_cache", {})
+    def _layout(self, H: int, W: int, x: torch.Tensor):
+        """Gather indices (window order <- padded+shifted grid, and back) and the shift mask, cached."""
+        key = (H, W, x.device, x.dtype)
+        cache = self.__dict__.setdefault("_layout_cache", {})
         if key not in cache:
             cache.clear()
-            cache[key] = self.get_attn_mask(x)  # timm builds it from x's (padded) H, W
+            cache[key] = window_layout(H, W, self.window_size, tuple(self.shift_size), x.device)
+            Hp, Wp = _padded(H, self.window_size[0]), _padded(W, self.window_size[1])
+            shifted = any(self.shift_size)
+            probe = x.new_zeros(1, Hp, Wp, 1)
+            cache[key] += (self.get_attn_mask(probe) if shifted else None,)  # timm builds it on the padded grid
         return cache[key]
+
+
+def _padded(n: int, window: int) -> int:
+    return -(-n // window) * window
+
+
+def window_layout(H: int, W: int, window: tuple[int, int], shift: tuple[int, int],
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index maps for pad-to-window-multiple, roll by ``-shift``, window partition.
+
+    Returns ``fwd`` (Hp*Wp,): for each token in window order, its source row in
+    the flattened (H*W + 1) input whose last row is zero (padding); and ``inv``
+    (H*W,): where each input token sits in window order.
+    """
+    (wh, ww), (sh, sw) = window, shift
+    Hp, Wp = _padded(H, wh), _padded(W, ww)
+    rows = (torch.arange(Hp) + sh) % Hp  # torch.roll(x, -sh): out[i] = in[(i + sh) % Hp]
+    cols = (torch.arange(Wp) + sw) % Wp
+    valid = (rows[:, None] < H) & (cols[None, :] < W)
+    src = torch.where(valid, rows[:, None] * W + cols[None, :], H * W)
+    fwd = src.view(Hp // wh, wh, Wp // ww, ww).permute(0, 2, 1, 3).reshape(-1)
+    inv = torch.empty(H * W, dtype=torch.long)
+    keep = fwd < H * W
+    inv[fwd[keep]] = torch.arange(Hp * Wp)[keep]
+    return fwd.to(device), inv.to(device)
 
 
 class SwinEncoder(nn.Module):
