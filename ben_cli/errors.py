@@ -42,6 +42,9 @@ class InputError(BenError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # picklable across process pools
+        return (type(self), (self.path, self.reason))
+
 
 class PairingError(BenError):
     """Predictions and ground truths do not pair up one to one (``ben eval``)."""

@@ -6,7 +6,9 @@ on one pair and keeps that pair's scores and curves; :func:`aggregate` combines
 pairs exactly as the evaluators' ``get_results`` would after stepping them all.
 
 - ``max_f``: maximum over thresholds of the F-measure curve averaged over images
-  (beta^2 = 0.3, thresholds 0..255).
+  (beta^2 = 0.3, thresholds 0..255). The curve comes from ``FmeasureV2``'s
+  ``FmeasureHandler`` (one histogram pass for F, precision and recall), which
+  equals the curve of the older ``Fmeasure`` class; the tests check this.
 - ``mean_f``: mean of that curve.
 - ``weighted_f``: weighted F-measure (beta = 1), mean over images.
 - ``e_measure``: mean of the E-measure curve averaged over images.

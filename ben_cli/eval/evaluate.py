@@ -1,0 +1,454 @@
+"""Evaluate folders of masks: pair files, read them, score them in parallel, report.
+
+- :func:`pair_predictions` pairs a prediction folder with a ground-truth folder
+  by stem (the path relative to the folder, without extension; folders are
+  walked recursively as :func:`ben_cli.io.find_images` does). A file without a
+  partner, or two files with one stem, is a :class:`~ben_cli.errors.PairingError`
+  that names the files.
+- :func:`evaluate_pairs` reads each pair as grayscale ``uint8``, resizes the
+  prediction to the ground truth's size where they differ (bilinear; the ``ben``
+  protocol resizes both to 1024x1024 itself), scores it with the chosen protocol
+  across a process pool, and aggregates.
+- :func:`predict_to_dir` runs an Eraser over image / ground-truth pairs and
+  writes its masks as 8-bit PNGs, yielding prediction pairs as it goes, so that
+  evaluation overlaps inference.
+- :func:`write_csv` and :func:`plot_curves` write the per-image table and the
+  precision-recall / F-threshold figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ben_cli.errors import InputError, PairingError, UsageError
+from ben_cli.eval.metrics import EXTRA_KEYS, METRIC_KEYS, ImageResult, Summary
+
+PROTOCOLS: tuple[str, ...] = ("standard", "ben")
+CSV_KEYS: tuple[str, ...] = METRIC_KEYS + EXTRA_KEYS
+_LISTED = 8  # file names shown in a pairing error before "... and N more"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One prediction and its ground truth, matched by ``stem``."""
+
+    stem: str
+    pred: Path
+    gt: Path
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-image results (in ``pairs`` order, sorted by stem) and their summary."""
+
+    pairs: list[Pair]
+    images: list[ImageResult]
+    summary: Summary
+
+
+class AlphaPredictor(Protocol):
+    """What :func:`predict_to_dir` needs of an Eraser."""
+
+    def predict_alpha(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 (H, W, 3) RGB images -> float (H, W) alphas in [0, 1], each at its image's size."""
+        ...
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def _by_stem(folder: Path, label: str) -> dict[str, Path]:
+    from ben_cli import io as bio
+
+    if not folder.is_dir():
+        raise UsageError(f"the {label} folder {folder} is not a folder")
+    files = bio.find_images(folder)
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        stem = path.relative_to(folder).with_suffix("").as_posix()
+        groups.setdefault(stem, []).append(path)
+    clashes = {stem: paths for stem, paths in groups.items() if len(paths) > 1}
+    if clashes:
+        names = [" and ".join(p.relative_to(folder).as_posix() for p in paths) for paths in clashes.values()]
+        raise PairingError(
+            f"{len(clashes)} stem(s) in the {label} folder {folder} name several files: " + _listing(names)
+        )
+    if not groups:
+        raise PairingError(f"no images in the {label} folder {folder}")
+    return {stem: paths[0] for stem, paths in groups.items()}
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown if len(names) <= _LISTED else f"{shown}, ... and {len(names) - _LISTED} more"
+
+
+def match_stems(
+    first: Path, second: Path, labels: tuple[str, str] = ("prediction", "ground truth")
+) -> list[tuple[str, Path, Path]]:
+    """``(stem, first_file, second_file)`` for every stem, sorted by stem.
+
+    Raises :class:`PairingError` when a file has no partner (naming the files on
+    each side) or a stem names several files, and :class:`UsageError` when a
+    folder does not exist.
+    """
+    first, second = Path(first), Path(second)
+    a, b = _by_stem(first, labels[0]), _by_stem(second, labels[1])
+    parts = []
+    for files, other, folder, (label, partner) in (
+        (a, b, first, labels),
+        (b, a, second, labels[::-1]),
+    ):
+        alone = sorted(set(files) - set(other))
+        if alone:
+            names = [files[stem].relative_to(folder).as_posix() for stem in alone]
+            parts.append(f"{len(alone)} {label} file(s) in {folder} without a {partner}: {_listing(names)}")
+    if parts:
+        raise PairingError("; ".join(parts))
+    return [(stem, a[stem], b[stem]) for stem in sorted(a)]
+
+
+def pair_predictions(pred_dir: Path, gt_dir: Path) -> list[Pair]:
+    """Pair the masks of ``pred_dir`` with those of ``gt_dir`` by stem (see :func:`match_stems`)."""
+    return [Pair(stem, p, g) for stem, p, g in match_stems(pred_dir, gt_dir)]
+
+
+# --------------------------------------------------------------------------- scoring one pair
+
+
+def load_pair(pair: Pair, protocol: str = "standard") -> tuple[np.ndarray, np.ndarray]:
+    """Read a pair as uint8 (H, W) gray maps.
+
+    With the standard protocol the prediction is resized (bilinear) to the
+    ground truth's size when they differ; the ``ben`` protocol resizes both itself.
+    Raises :class:`InputError` naming an unreadable file.
+    """
+    import cv2
+
+    from ben_cli.io import read_gray
+
+    pred, gt = read_gray(pair.pred), read_gray(pair.gt)
+    if protocol == "standard" and pred.shape != gt.shape:
+        pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return pred, gt
+
+
+def score_arrays(pred: np.ndarray, gt: np.ndarray, protocol: str = "standard") -> ImageResult:
+    """Score one uint8 (H, W) pair with ``protocol`` (``"standard"`` or ``"ben"``)."""
+    if protocol == "standard":
+        from ben_cli.eval.metrics import image_metrics
+
+        return image_metrics(pred, gt)
+    if protocol == "ben":
+        from ben_cli.eval.protocol_ben import image_metrics as ben_image_metrics
+
+        return ben_image_metrics(pred, gt)
+    raise UsageError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+
+
+def evaluate_pair(pair: Pair, protocol: str = "standard") -> ImageResult:
+    """Read and score one pair."""
+    pred, gt = load_pair(pair, protocol)
+    return score_arrays(pred, gt, protocol)
+
+
+def _task(pair: Pair, protocol: str) -> tuple[ImageResult | None, tuple[str, str] | None]:
+    """Worker entry point: errors come back as data (``InputError`` does not pickle)."""
+    try:
+        return evaluate_pair(pair, protocol), None
+    except InputError as e:
+        return None, (e.path, e.reason)
+
+
+def aggregate(results: Sequence[ImageResult], protocol: str = "standard") -> Summary:
+    """Dataset summary of per-image results under ``protocol``."""
+    if protocol == "ben":
+        from ben_cli.eval.protocol_ben import aggregate as ben_aggregate
+
+        return ben_aggregate(results)
+    from ben_cli.eval.metrics import aggregate as standard_aggregate
+
+    return standard_aggregate(results)
+
+
+# --------------------------------------------------------------------------- many pairs
+
+
+def default_workers() -> int:
+    """Processes to use by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def evaluate_pairs(
+    pairs: Iterable[Pair],
+    *,
+    protocol: str = "standard",
+    workers: int | None = None,
+    total: int | None = None,
+    progress: bool = True,
+    description: str = "evaluating",
+) -> Evaluation:
+    """Score every pair and aggregate.
+
+    Args:
+        pairs: the pairs; may be a generator (consumed as the pool has room).
+        protocol: ``"standard"`` (PySODMetrics) or ``"ben"`` (the authors' script).
+        workers: processes (default: :func:`default_workers`); 1 runs in this process.
+        total: number of pairs, for the progress bar when ``pairs`` has no ``len``.
+        progress: draw a progress bar on stderr.
+        description: the progress bar's label.
+
+    Raises:
+        InputError: a file cannot be read (the first one met).
+        PairingError: there are no pairs.
+    """
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    if total is None and isinstance(pairs, Sequence):
+        total = len(pairs)
+    n_workers = workers if workers is not None else default_workers()
+    if n_workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {n_workers}")
+    if total is not None:
+        n_workers = max(1, min(n_workers, total))
+
+    done: list[tuple[Pair, ImageResult]] = []
+    with _progress_bar(progress, description, total) as advance:
+        if n_workers == 1:
+            for pair in pairs:
+                done.append((pair, evaluate_pair(pair, protocol)))
+                advance()
+        else:
+            done = _evaluate_in_pool(pairs, protocol, n_workers, advance)
+    if not done:
+        raise PairingError("no image pairs to evaluate")
+    done.sort(key=lambda item: item[0].stem)
+    images = [r for _, r in done]
+    return Evaluation(pairs=[p for p, _ in done], images=images, summary=aggregate(images, protocol))
+
+
+_PRELOAD = [
+    "ben_cli.eval.evaluate",
+    "ben_cli.eval.metrics",
+    "ben_cli.eval.protocol_ben",
+    "ben_cli.io",
+    "py_sod_metrics",
+    "scipy.ndimage",
+]
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Start workers from a clean process, never by forking this one.
+
+    The parent may hold torch's threads (model mode) or a progress-bar thread, which
+    a plain fork copies mid-state. Where available, a fork server that has imported
+    the metric modules once makes every later worker start at once; else spawn.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _evaluate_in_pool(
+    pairs: Iterable[Pair], protocol: str, n_workers: int, advance: Callable[[], None]
+) -> list[tuple[Pair, ImageResult]]:
+    context = _pool_context()
+    done: list[tuple[Pair, ImageResult]] = []
+    pending: dict[Future[Any], Pair] = {}
+
+    def collect(futures: Iterable[Future[Any]]) -> None:
+        for future in futures:
+            pair = pending.pop(future)
+            result, error = future.result()
+            if error is not None:
+                raise InputError(*error)
+            done.append((pair, result))
+            advance()
+
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=context)
+    try:
+        for pair in pairs:
+            pending[pool.submit(_task, pair, protocol)] = pair
+            if len(pending) >= 2 * n_workers:  # bounded look-ahead keeps memory flat
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                collect(finished)
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            collect(finished)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return done
+
+
+@contextmanager
+def _progress_bar(enabled: bool, description: str, total: int | None) -> Iterator[Callable[[], None]]:
+    """A Rich progress bar on stderr; gives a no-argument ``advance`` callable."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+# --------------------------------------------------------------------------- running a model
+
+
+def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
+    """float (H, W) alpha in [0, 1] -> uint8 (H, W) mask, rounded to the nearest level."""
+    a = np.nan_to_num(np.asarray(alpha, dtype=np.float32), nan=0.0)
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+def predict_to_dir(
+    eraser: AlphaPredictor,
+    items: Sequence[tuple[str, Path, Path]],
+    out_dir: Path,
+    batch_size: int = 4,
+) -> Iterator[Pair]:
+    """Predict a mask for each ``(stem, image, gt)`` and write it to ``out_dir/<stem>.png``.
+
+    Images go to ``eraser.predict_alpha`` ``batch_size`` at a time; each mask is
+    written (8-bit PNG, atomically) before its pair is yielded, so the evaluation
+    of a written mask can start while the next batch runs.
+    """
+    from ben_cli.io import read_image, write_png
+
+    out_dir = Path(out_dir)
+    step = max(1, batch_size)
+    for start in range(0, len(items), step):
+        batch = items[start : start + step]
+        images = [read_image(image).rgb for _, image, _ in batch]
+        alphas = eraser.predict_alpha(images)
+        if len(alphas) != len(batch):
+            raise RuntimeError(f"the model returned {len(alphas)} masks for {len(batch)} images")
+        for (stem, image, gt), alpha, rgb in zip(batch, alphas, images, strict=True):
+            mask = alpha_to_uint8(alpha)
+            if mask.shape != rgb.shape[:2]:
+                raise RuntimeError(f"mask of {image} is {mask.shape}, the image {rgb.shape[:2]}")
+            path = out_dir / f"{stem}.png"
+            write_png(path, mask)
+            yield Pair(stem, path, gt)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def summary_dict(summary: Summary) -> dict[str, Any]:
+    """The JSON object of a summary: protocol, count and every metric (NaN as None)."""
+    out: dict[str, Any] = {"protocol": summary.protocol, "count": summary.count}
+    for key in CSV_KEYS:
+        value = summary.metrics[key]
+        out[key] = value if math.isfinite(value) else None
+    return out
+
+
+def write_csv(path: Path, evaluation: Evaluation) -> None:
+    """Write one row per pair: stem, the two files and every per-image value.
+
+    Per-image ``max_f`` / ``mean_f`` come from the image's own F curve; under the
+    standard protocol the summary's ``max_f`` is the maximum of the curve averaged
+    over images, which is not the mean of this column.
+    """
+    from ben_cli.io import atomic_write_bytes
+
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["stem", "prediction", "ground_truth", *CSV_KEYS])
+    for pair, result in zip(evaluation.pairs, evaluation.images, strict=True):
+        values = [f"{result.scores[k]:.8g}" for k in CSV_KEYS]
+        writer.writerow([pair.stem, str(pair.pred), str(pair.gt), *values])
+    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+
+
+PLOT_SUFFIXES: frozenset[str] = frozenset({".png", ".pdf", ".svg"})
+
+
+def plot_curves(path: Path, summary: Summary, title: str | None = None) -> None:
+    """Draw the precision-recall curve and the F-measure over thresholds (PNG, PDF or SVG).
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ben_cli.io import atomic_write_bytes
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if "." + fmt not in PLOT_SUFFIXES:
+        raise UsageError(f"--plot wants a .png, .pdf or .svg file, got {path.name}")
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_pr, ax_f = fig.subplots(1, 2)
+
+    ax_pr.plot(summary.recall, summary.precision, color="tab:blue")
+    best = int(np.argmax(summary.fmeasure))
+    ax_pr.plot(
+        [summary.recall[best]],
+        [summary.precision[best]],
+        "o",
+        color="tab:red",
+        label=f"max F at threshold {best}/255",
+    )
+    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.01), title="precision-recall")
+    ax_pr.grid(alpha=0.3)
+    ax_pr.legend(loc="lower left")
+
+    thresholds = np.arange(len(summary.fmeasure))
+    ax_f.plot(thresholds, summary.fmeasure, color="tab:green", label="mean F over images")
+    ax_f.axvline(best, color="tab:red", linestyle=":", linewidth=1)
+    ax_f.set(
+        xlabel="threshold (pred >= t/255)",
+        ylabel="F-measure (beta^2 = 0.3)",
+        xlim=(0, 255),
+        ylim=(0, 1.01),
+        title="F-measure over thresholds",
+    )
+    ax_f.grid(alpha=0.3)
+    ax_f.legend(loc="lower center")
+
+    m = summary.metrics
+    fig.suptitle(
+        title
+        or (f"{summary.count} images, protocol {summary.protocol}: max F {m['max_f']:.4f}, mean F {m['mean_f']:.4f}")
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
