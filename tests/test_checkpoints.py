@@ -22,9 +22,8 @@ def _same(a: dict, b: dict) -> bool:
 def test_official_layout_of_the_full_model_matches_the_manifest():
     manifest = json.loads((REFERENCE_DIR / "manifest.json").read_text())["tensors"]
     official = to_official(build_model("ben2-base").state_dict())
-    assert [(k, list(v.shape)) for k, v in official.items()] == [(t["name"], t["shape"]) for t in manifest] \
-        or sorted((k, tuple(v.shape)) for k, v in official.items()) == sorted(
-            (t["name"], tuple(t["shape"])) for t in manifest)
+    ours = sorted((k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in official.items())
+    assert ours == sorted((t["name"], tuple(t["shape"]), t["dtype"]) for t in manifest)
     assert len(official) == 535
 
 

@@ -76,15 +76,14 @@ def _unseq(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x.permute(1, 2, 0).reshape(x.shape[1], x.shape[2], h, w)
 
 
-class MCLM(nn.Module):
-    """Multi-view complementary localisation: the global view attends to pooled
-    local views, then each local view attends to its quarter of the refreshed global view."""
+class _MultiViewAttention(nn.Module):
+    """Shared parts of MCLM and MCRM: single-head attentions, post-norm FFN, dropouts."""
 
-    def __init__(self, dim: int, num_heads: int = 1, pool_ratios: tuple[int, ...] = (1, 4, 8)) -> None:
+    def __init__(self, dim: int, num_heads: int, n_attention: int, pool_ratios: tuple[int, ...]) -> None:
         super().__init__()
-        self.attention = nn.ModuleList(nn.MultiheadAttention(dim, num_heads, dropout=0.1) for _ in range(5))
-        self.linear1 = nn.Linear(dim, dim * 2)
-        self.linear2 = nn.Linear(dim * 2, dim)
+        self.attention = nn.ModuleList(
+            nn.MultiheadAttention(dim, num_heads, dropout=0.1) for _ in range(n_attention)
+        )
         self.linear3 = nn.Linear(dim, dim * 2)
         self.linear4 = nn.Linear(dim * 2, dim)
         self.norm1 = nn.LayerNorm(dim)
@@ -95,7 +94,18 @@ class MCLM(nn.Module):
         self.pool_ratios = tuple(pool_ratios)
 
     def _ffn(self, x: torch.Tensor, lin_a: nn.Linear, lin_b: nn.Linear) -> torch.Tensor:
+        """x + FFN(x), the FFN being lin_b(dropout(gelu(lin_a(x))))."""
         return x + self.dropout2(lin_b(self.dropout(F.gelu(lin_a(x)))))
+
+
+class MCLM(_MultiViewAttention):
+    """Multi-view complementary localisation: the global view attends to pooled
+    local views, then each local view attends to its quarter of the refreshed global view."""
+
+    def __init__(self, dim: int, num_heads: int = 1, pool_ratios: tuple[int, ...] = (1, 4, 8)) -> None:
+        super().__init__(dim, num_heads, 5, pool_ratios)
+        self.linear1 = nn.Linear(dim, dim * 2)
+        self.linear2 = nn.Linear(dim * 2, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 5, C, h, w) -> (B, 5, C, h, w)."""
@@ -127,23 +137,14 @@ class MCLM(nn.Module):
         return torch.stack([*locals_out, _unseq(g, h, w)], dim=1)
 
 
-class MCRM(nn.Module):
+class MCRM(_MultiViewAttention):
     """Multi-view complementary refinement: local views, gated by the global view's
     token map, attend to pooled quarters of the global view; the global view
     then absorbs the refreshed local views."""
 
     def __init__(self, dim: int, num_heads: int = 1, pool_ratios: tuple[int, ...] = (2, 4, 8)) -> None:
-        super().__init__()
-        self.attention = nn.ModuleList(nn.MultiheadAttention(dim, num_heads, dropout=0.1) for _ in range(4))
-        self.linear3 = nn.Linear(dim, dim * 2)
-        self.linear4 = nn.Linear(dim * 2, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(0.1)
-        self.dropout1 = nn.Dropout(0.1)
-        self.dropout2 = nn.Dropout(0.1)
+        super().__init__(dim, num_heads, 4, pool_ratios)
         self.sal_conv = nn.Conv2d(dim, 1, 1)
-        self.pool_ratios = tuple(pool_ratios)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 5, C, h, w) -> (refined (B, 5, C, h, w), token logits (B, 1, 2h, 2w))."""
@@ -161,9 +162,8 @@ class MCRM(nn.Module):
         for i in range(4):
             q, kv = _seq(loc[:, i]), kv_all[:, i].permute(2, 0, 1)
             outs.append(q + self.dropout1(self.attention[i](q, kv, kv, need_weights=False)[0]))
-        src = self.norm1(torch.stack(outs, 2))  # (hw, B, 4, C)
-        src = src + self.dropout2(self.linear4(self.dropout(F.gelu(self.linear3(src)))))
-        src = self.norm2(src).permute(1, 2, 3, 0).reshape(B, 4, C, h, w)
+        src = self.norm2(self._ffn(self.norm1(torch.stack(outs, 2)), self.linear3, self.linear4))  # (hw, B, 4, C)
+        src = src.permute(1, 2, 3, 0).reshape(B, 4, C, h, w)
         glb = glb + F.interpolate(patches_to_image(src), size=(h, w), mode="nearest")
         return torch.cat((src, glb[:, None]), 1), token_logits
 
