@@ -41,24 +41,34 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(e))
         return e.exit_code
     except typer.Exit as e:
+        if e.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
+            _error("interrupted")
         return e.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         _error("interrupted")
         return 130
     except Exception as e:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, _usage_exceptions()):
             e.show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
-            _error("aborted")
-            return 130
         if os.environ.get("BEN_DEBUG"):
             raise
         _error(f"unexpected error: {type(e).__name__}: {e} (set BEN_DEBUG=1 for a traceback)")
         return 2
     return rc if isinstance(rc, int) else 0
+
+
+def _usage_exceptions() -> tuple[type[Exception], ...]:
+    """Click's usage-error classes: typer may vendor its own copy of click."""
+    import importlib
+
+    found = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def _error(msg: str) -> None:

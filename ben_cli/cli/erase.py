@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -68,9 +69,10 @@ def erase(
 def _plan(input: str, output: str, kinds: tuple[str, ...]):
     """Jobs and the output root folder (None for stdout / single file)."""
     from ben_cli import runner
-    from ben_cli.io import find_images, plan_outputs, read_stdin_bytes, single_output
+    from ben_cli.io import IMAGE_EXTS, find_images, plan_outputs, read_stdin_bytes, single_output
 
     to_stdout = output == runner.STDOUT
+    names_a_file = Path(output).suffix.lower() in IMAGE_EXTS and not Path(output).is_dir()  # out.jpg: no folder
     if to_stdout and len(kinds) > 1:
         raise UsageError("with OUTPUT '-' only one --save kind can be written")
     if input == runner.STDIN:
@@ -86,7 +88,7 @@ def _plan(input: str, output: str, kinds: tuple[str, ...]):
     if src.is_file():
         if to_stdout:
             return [runner.Job(str(src), {kinds[0]: runner.STDOUT})], None
-        if output.lower().endswith(".png") and not Path(output).is_dir():
+        if names_a_file:  # single_output refuses anything but .png
             return [runner.Job(str(src), dict(single_output(src, output, kinds)))], None
         out_root = Path(output)
         plan = plan_outputs([src], src.parent, out_root, kinds)
@@ -94,7 +96,7 @@ def _plan(input: str, output: str, kinds: tuple[str, ...]):
     if to_stdout:
         raise UsageError("OUTPUT '-' needs a single input image, not a folder")
     out_root = Path(output)
-    if out_root.exists() and not out_root.is_dir():
+    if (out_root.exists() and not out_root.is_dir()) or names_a_file:
         raise UsageError(f"OUTPUT must be a folder when INPUT is a folder: {out_root}")
     if out_root.resolve() == src.resolve():
         raise UsageError("OUTPUT must not be the INPUT folder (outputs would be read back as inputs)")
@@ -134,14 +136,17 @@ def _run_with_progress(jobs, get_eraser, batch_size, overwrite, workers, console
         rate = done[0] / max(time.perf_counter() - t0, 1e-9)
         progress.update(task, advance=1, rate=f"{rate:.2f} img/s")
 
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _terminate)  # a kill stops like Ctrl-C: only complete files remain
+    # A kill stops like Ctrl-C: only complete files remain. Handlers can only be set from the
+    # main thread; run elsewhere (main() called from a thread), SIGTERM keeps its handler.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         with progress:
             return runner.run(jobs, get_eraser, batch_size=batch_size, overwrite=overwrite,
                               workers=workers, on_result=on_result)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _terminate(signum, frame) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +50,12 @@ def trimap(
         out = Path(output)
         if out.suffix.lower() != ".png":
             raise UsageError(f"OUTPUT must be a .png file: {out}")
+    overlay_out = None
+    if overlay and out is not None:
+        stem = out.name[: -len(".trimap.png")] if out.name.endswith(".trimap.png") else out.stem
+        overlay_out = out.with_name(f"{stem}.overlay.png")
+    if image != "-":
+        _check_input(Path(image), [p for p in (out, overlay_out) if p is not None])
     try:
         loaded = read_image(source, name="<stdin>" if image == "-" else None)
     except InputError as e:
@@ -60,11 +67,19 @@ def trimap(
         write_stdout_bytes(encode_png(tri))
         return
     write_png(out, tri)
-    if overlay:
+    if overlay_out is not None:
         rgb = torch.from_numpy(loaded.rgb).permute(2, 0, 1)[None]
         pic = trimap_overlay(rgb, torch.from_numpy(tri)[None, None])[0].permute(1, 2, 0).contiguous().numpy()
-        stem = out.name[: -len(".trimap.png")] if out.name.endswith(".trimap.png") else out.stem
-        write_png(out.with_name(f"{stem}.overlay.png"), pic)
+        write_png(overlay_out, pic)
+
+
+def _check_input(image: Path, outputs: list[Path]) -> None:
+    """A missing IMAGE is a usage error (as for ``ben erase``); no output may replace it."""
+    if not image.exists():
+        raise UsageError(f"input not found: {image}")
+    for out in outputs:
+        if out.resolve() == image.resolve() or (out.exists() and os.path.samefile(out, image)):
+            raise UsageError(f"output {out} would overwrite the input {image}")
 
 
 def register(app: typer.Typer) -> None:

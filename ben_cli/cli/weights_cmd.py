@@ -30,7 +30,7 @@ def list_weights(model: ModelName = "ben2-base") -> None:
     from ben_cli.errors import WeightsNotFoundError
     from ben_cli.models.registry import get_entry
 
-    entry = get_entry(model)
+    entry = get_entry(_check_model(model))
     table = Table(title=f"{model}: {entry.filename} (from {entry.repo_id})")
     table.add_column("order")
     table.add_column("where")
@@ -52,7 +52,7 @@ def download(model: ModelName = "ben2-base") -> None:
     """Download the official checkpoint into the cache (prints its path)."""
     from ben_cli.checkpoints.weights import download_weights
 
-    print(download_weights(model))
+    print(download_weights(_check_model(model)))
 
 
 @weights_app.command("convert")
@@ -71,8 +71,20 @@ def convert(
     dst = dst or src.with_suffix(".safetensors")
     if dst.suffix != ".safetensors":
         raise UsageError(f"DST must end in .safetensors: {dst}")
-    net = build_from_checkpoint(read_checkpoint(src), model, str(src))
+    if dst.resolve() == src.resolve():
+        raise UsageError(f"DST is SRC ({src}); name another .safetensors file")
+    net = build_from_checkpoint(read_checkpoint(src), model and _check_model(model), str(src))
     print(save_checkpoint(net, dst, official_keys=official_keys))
+
+
+def _check_model(name: str) -> str:
+    """``name`` when the registry knows it, else a usage error listing the known names."""
+    from ben_cli.errors import UsageError
+    from ben_cli.models.registry import MODELS
+
+    if name not in MODELS:
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return name
 
 
 def register(app: typer.Typer) -> None:
