@@ -59,16 +59,23 @@ class Eraser:
     """Batched inference: ``predict(images)`` -> one :class:`Prediction` per image."""
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
-                 resolution: int = 1024, trimap: TrimapConfig | None = None) -> None:
+                 resolution: int = 1024, trimap: TrimapConfig | None = None, compile: bool = False,
+                 batch_size: int = 1) -> None:
         self.model = model.eval().to(device)
         self.device, self.dtype = device, dtype
         self.resolution = check_resolution(resolution)
         self.trimap_cfg = trimap or TrimapConfig()
+        # torch.compile (inductor) fuses the elementwise work; it compiles once per
+        # batch shape, so batches are padded to ``batch_size`` when it is on.
+        self.batch_size = batch_size
+        self.compiled = compile
+        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
 
     @classmethod
     def from_options(cls, weights: str | Path | None = None, *, device: str = "auto", precision: str = "auto",
                      resolution: int = 1024, batch_size: int = 1, refiner: str = "none",
-                     refiner_weights: str | Path | None = None, model: str | None = None) -> Eraser:
+                     refiner_weights: str | Path | None = None, model: str | None = None,
+                     compile: bool = False) -> Eraser:
         """Resolve device, dtype and weights (search/download) and load the model."""
         from ben_cli.checkpoints.load import build_from_checkpoint, read_checkpoint
         from ben_cli.checkpoints.weights import find_weights
@@ -81,7 +88,7 @@ class Eraser:
         dtype = resolve_dtype(precision, dev)
         path = find_weights(weights)
         net = build_from_checkpoint(read_checkpoint(path), model, str(path))
-        return cls(net, device=dev, dtype=dtype, resolution=resolution)
+        return cls(net, device=dev, dtype=dtype, resolution=resolution, compile=compile, batch_size=batch_size)
 
     def to_batch(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
         """Model-side uint8 images (S, S, 3) -> normalised (B, 3, S, S) float32 on the device."""
@@ -91,8 +98,11 @@ class Eraser:
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised -> base logits (B, 1, S, S) float32."""
+        n = batch.shape[0]
+        if self.compiled and n < self.batch_size:  # keep one shape: no recompilation for the last batch
+            batch = torch.cat([batch, batch.new_zeros(self.batch_size - n, *batch.shape[1:])])
         with inference_context(self.device, self.dtype):
-            return self.model(batch).float()
+            return self._forward(batch)[:n].float()
 
     def predict(self, images: Sequence[np.ndarray], *, resized: Sequence[np.ndarray] | None = None,
                 want_trimap: bool = False) -> list[Prediction]:

@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--official", default=None, help="path to the official BEN2.py")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd (inductor) forward")
     args = ap.parse_args()
 
     from ben_cli.checkpoints.convert import to_official
@@ -51,6 +52,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     t_ours, y = timed(lambda v: torch.sigmoid(ours(v)), x, args.repeats)
     print(f"ours     fp32 {args.batch}x{args.resolution}: {t_ours:.2f} s ({t_ours / args.batch:.2f} s/image)")
+    if args.compile:
+        compiled = torch.compile(ours)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            compiled(x)
+        print(f"compile (first call): {time.perf_counter() - t:.1f} s")
+        t_comp, y_comp = timed(lambda v: torch.sigmoid(compiled(v)), x, args.repeats)
+        print(f"ours compiled fp32: {t_comp:.2f} s/batch; max |p_compiled - p| = {(y_comp - y).abs().max():.2e}")
     if args.official:
         spec = importlib.util.spec_from_file_location("ben2_official", args.official)
         mod = importlib.util.module_from_spec(spec)
@@ -60,6 +69,8 @@ def main() -> None:
         t_off, y_off = timed(off, x, args.repeats)
         print(f"official fp32 {args.batch}x{args.resolution}: {t_off:.2f} s ({t_off / args.batch:.2f} s/image)")
         print(f"ratio ours/official: {t_ours / t_off:.2f}; max |p - p_official| = {(y - y_off).abs().max():.2e}")
+        if args.compile:
+            print(f"ratio ours compiled/official: {t_comp / t_off:.2f}")
 
 
 if __name__ == "__main__":

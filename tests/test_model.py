@@ -64,3 +64,24 @@ def test_registry_entries_carry_their_checkpoint_facts():
     assert MODELS["ben-base"].filename == "BEN_Base.pth"
     tiny = MODELS["tiny"].config
     assert tiny.backbone.window_size == MODELS["ben2-base"].config.backbone.window_size
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 16, 12, 12)])
+def test_fast_head_ops_equal_the_plain_ops(shape):
+    import torch.nn.functional as F
+
+    from ben_cli.models.ben import conv3x3_after_up2, conv3x3_then_downscale, conv3x3_to_one_channel
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    conv = torch.nn.Conv2d(shape[1], 6, 3, padding=1)
+    one = torch.nn.Conv2d(shape[1], 1, 3, padding=1)
+    with torch.no_grad():
+        up = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        assert (conv3x3_after_up2(x, conv) - up).abs().max() < 1e-5
+        assert (conv3x3_to_one_channel(x, one) - one(x)).abs().max() < 1e-5
+        big = torch.randn(shape[0], 3, 8 * shape[2], 8 * shape[3])
+        shallow = torch.nn.Conv2d(3, 6, 3, padding=1)
+        for f in (2, 4):
+            ref = F.interpolate(shallow(big), size=(big.shape[2] // f, big.shape[3] // f), mode="bilinear")
+            assert (conv3x3_then_downscale(big, shallow, f) - ref).abs().max() < 1e-5

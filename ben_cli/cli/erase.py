@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -32,7 +33,10 @@ def erase(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write per-file results and totals as JSON.",
                                                 show_default=False)] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Reader and writer threads each.")] = 2,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Reader and writer threads each "
+                                                "(default: one per CPU core, at most 8).", show_default=False)] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model: minutes to compile, "
+                                          "then faster; for long runs.")] = False,
     quiet: opt.Quiet = False,
 ) -> None:
     """Remove the background of images: BEN Base -> confidence trimap -> refiner."""
@@ -51,10 +55,12 @@ def erase(
         from ben_cli.pipeline import Eraser
 
         return Eraser.from_options(weights, device=device, precision=precision, resolution=resolution,
-                                   batch_size=batch_size, refiner=refiner, refiner_weights=refiner_weights)
+                                   batch_size=batch_size, refiner=refiner, refiner_weights=refiner_weights,
+                                   compile=compile)
 
     to_stdout = output == runner.STDOUT
     console = opt.stderr_console(quiet)
+    workers = workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
     summary = _run_with_progress(jobs, get_eraser, batch_size, overwrite, workers, console, quiet or to_stdout)
     if report is not None:
         from ben_cli.io import atomic_write_bytes

@@ -37,27 +37,48 @@ class BenTrainOutputs(NamedTuple):
     tokens: list[torch.Tensor]
 
 
+def _fold(k: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+    """Fold 3 taps along ``dim`` into the 2 that one output phase of a nearest-x2 input sees:
+    phase 0 reads rows (i-1, i) with taps (k0, k1+k2); phase 1 reads (i, i+1) with (k0+k1, k2)."""
+    k0, k1, k2 = k.unbind(dim)
+    return torch.stack((k0, k1 + k2) if phase == 0 else (k0 + k1, k2), dim)
+
+
+def _phase_kernels(w: torch.Tensor) -> torch.Tensor:
+    """(O, C, 3, 3) -> (4*O, C, 2, 2): one 2x2 kernel per output phase (a, b), row-major."""
+    return torch.cat([_fold(_fold(w, 2, a), 3, b) for a in (0, 1) for b in (0, 1)])
+
+
 def conv3x3_after_up2(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 conv, computed on ``x``.
 
-    Each of the four output phases sees a 2x2 neighbourhood of ``x`` with summed
-    taps, so this does 16 instead of 36 multiply-adds per 2x2 output block and
-    never builds the upsampled map. Same result up to float rounding (~1e-7
-    relative). x: (B, C, h, w) -> (B, O, 2h, 2w).
+    Output pixel (2i+a, 2j+b) sees a 2x2 neighbourhood of ``x`` with summed taps,
+    so one 2x2 conv with 4*O channels over the padded ``x`` gives all four phases
+    (16 instead of 36 multiply-adds per 2x2 output block, and the upsampled map
+    is never built). Same result up to float rounding (~1e-7 relative).
+    x: (B, C, h, w) -> (B, O, 2h, 2w).
     """
-    w, (B, _, h, wd) = conv.weight, x.shape
-    rows = (torch.stack((w[:, :, 0], w[:, :, 1] + w[:, :, 2]), 2),
-            torch.stack((w[:, :, 0] + w[:, :, 1], w[:, :, 2]), 2))
-    xp = F.pad(x, (1, 1, 1, 1))
-    phases = []
+    (B, _, h, w), out_ch = x.shape, conv.out_channels
+    bias = conv.bias.repeat(4) if conv.bias is not None else None
+    full = F.conv2d(F.pad(x, (1, 1, 1, 1)), _phase_kernels(conv.weight), bias).view(B, 2, 2, out_ch, h + 1, w + 1)
+    out = x.new_empty(B, out_ch, h, 2, w, 2)
     for a in (0, 1):
-        r = rows[a]  # (O, C, 2, 3)
         for b in (0, 1):
-            k = (torch.stack((r[..., 0], r[..., 1] + r[..., 2]), -1) if b == 0
-                 else torch.stack((r[..., 0] + r[..., 1], r[..., 2]), -1))
-            phases.append(F.conv2d(xp[:, :, a : a + h + 1, b : b + wd + 1], k, conv.bias))
-    out = torch.stack(phases, 2).view(B, -1, 2, 2, h, wd)  # (B, O, a, b, h, w)
-    return out.permute(0, 1, 4, 2, 5, 3).reshape(B, -1, 2 * h, 2 * wd)
+            out[:, :, :, a, :, b] = full[:, a, b, :, a : a + h, b : b + w]
+    return out.view(B, out_ch, 2 * h, 2 * w)
+
+
+def conv3x3_to_one_channel(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A padding-1 3x3 conv with one output channel, as a 9-channel 1x1 conv
+    (one GEMM) plus nine shifted sums: oneDNN is slow with a single output channel.
+    x: (B, C, H, W) -> (B, 1, H, W)."""
+    B, C, H, W = x.shape
+    taps = F.pad(F.conv2d(x, conv.weight[0].permute(1, 2, 0).reshape(9, C, 1, 1)), (1, 1, 1, 1))
+    out = conv.bias.view(1, 1, 1, 1).expand(B, 1, H, W).clone()
+    for k in range(9):
+        ky, kx = divmod(k, 3)
+        out += taps[:, k : k + 1, ky : ky + H, kx : kx + W]
+    return out
 
 
 def conv3x3_then_downscale(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
@@ -101,7 +122,7 @@ class MaskHead(nn.Module):
         for up, factor in ((self.up1, 4), (self.up2, 2)):
             x = x + conv3x3_then_downscale(image, self.shallow[0], factor)
             x = up[2](up[1](conv3x3_after_up2(x, up[0])))
-        return self.out(x)
+        return conv3x3_to_one_channel(x, self.out[0])
 
 
 class BenBase(nn.Module):
