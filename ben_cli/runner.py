@@ -166,6 +166,8 @@ def run(jobs: Sequence[Job], get_eraser: Callable[[], Eraser], *, batch_size: in
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True, cancel_futures=True)
+    order = {job.name: i for i, job in enumerate(jobs)}
+    results.sort(key=lambda r: order.get(r.input, len(order)))  # report in input order
     return Summary(results, time.perf_counter() - start)
 
 

@@ -633,3 +633,26 @@ def test_an_interrupted_run_leaves_complete_files_and_resumes(tmp_path, tiny_che
     } - complete
     for i in range(n):
         _check_cutout(out / f"im{i:02d}.png", _picture(120, 160, i))
+
+
+def test_bad_options_fail_even_when_every_output_exists(tmp_path, erase):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _save(src / "a.png", _picture(64, 64))
+    assert erase(src, out) == 0
+    if not torch.cuda.is_available():
+        assert erase(src, out, "--device", "cuda") == 2
+    assert erase(src, out, "--precision", "fp8") == 2
+    assert erase(src, out, weights=tmp_path / "missing.pth") == 2
+    assert erase(src, out) == 0  # and a plain rerun skips cheaply
+
+
+def test_report_lists_files_in_input_order(tmp_path, erase):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for name in ("c.png", "a.png", "b.png"):
+        _save(src / name, _picture(32, 32))
+    _save(out / "b.png", _picture(8, 8))  # b already done: skipped, recorded first by the runner
+    (src / "bad.jpg").write_bytes(b"nope")
+    assert erase(src, out, "--save", "cutout", "--report", tmp_path / "r.json") == 1
+    files = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert [Path(f["input"]).name for f in files] == ["a.png", "b.png", "bad.jpg", "c.png"]
+    assert [f["status"] for f in files] == ["done", "skipped", "failed", "done"]

@@ -47,6 +47,7 @@ def erase(
     kinds = runner.expand_kinds(save or [])
     check_resolution(resolution)
     check_refiner(refiner, refiner_weights)
+    _check_runnable(device, precision, weights)  # exit 2 even when every output already exists
     jobs, out_root = _plan(input, output, kinds)
     if out_root is not None and out_root.is_dir():
         clean_stale_temp_files(out_root)
@@ -70,6 +71,15 @@ def erase(
         _print_summary(console, summary)
     if summary.count("failed"):
         raise typer.Exit(1)
+
+
+def _check_runnable(device: str, precision: str, weights: Path | None) -> None:
+    from ben_cli.checkpoints.weights import find_weights
+    from ben_cli.device import resolve_device, resolve_dtype
+
+    resolve_dtype(precision, resolve_device(device))
+    if weights is not None:
+        find_weights(weights)
 
 
 def _plan(input: str, output: str, kinds: tuple[str, ...]):
