@@ -14,34 +14,7 @@ from PIL import Image
 from ben_cli.checkpoints.load import read_checkpoint, save_checkpoint
 from ben_cli.cli.app import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a busy machine OpenMP's waiting threads make each tiny forward seconds long."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def places(tmp_path, monkeypatch):
-    """A working folder, an empty cache, no $BEN_WEIGHTS, and a Hub that records calls and fails."""
-    cwd, cache = tmp_path / "work", tmp_path / "cache"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("BEN_CACHE_DIR", str(cache))
-    monkeypatch.delenv("BEN_WEIGHTS", raising=False)
-    calls: list[dict] = []
-
-    def offline(repo_id, filename, **kwargs):
-        calls.append({"repo_id": repo_id, "filename": filename, **kwargs})
-        raise ConnectionError("no network in tests")
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    return cwd, cache, calls
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sha(path: Path) -> str:

@@ -122,20 +122,13 @@ def _plan(input: str, output: str, kinds: tuple[str, ...]):
 
 
 def _run_with_progress(jobs, get_eraser, batch_size, overwrite, workers, console, no_bar):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress, TextColumn
 
     from ben_cli import runner
+    from ben_cli.progress import progress_columns
 
     show_bar = not no_bar and console.is_terminal
-    progress = Progress(TextColumn("[bold]erase"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    progress = Progress(*progress_columns(TextColumn("{task.fields[rate]}")),
                         console=console, disable=not show_bar, transient=False)
     task = progress.add_task("erase", total=len(jobs), rate="")
     done = [0]
