@@ -568,11 +568,15 @@ def single_output(input_path: str | Path, output_arg: str | Path, kinds: Sequenc
         stem = out.name[: -len(out.suffix)]
         outputs = {kind: out.with_name(stem + SUFFIX[kind]) for kind in wanted}
     if str(input_path) != "-":
-        src = Path(input_path)
-        for path in outputs.values():
-            if path.resolve() == src.resolve() or _same_file(path, src):
-                raise UsageError(f"output {path} would overwrite the input {src}")
+        refuse_overwriting_input(outputs.values(), Path(input_path))
     return outputs
+
+
+def refuse_overwriting_input(outputs: Iterable[Path], src: Path) -> None:
+    """Raise UsageError when any output path is the input file (same path or same file)."""
+    for path in outputs:
+        if path.resolve() == src.resolve() or _same_file(path, src):
+            raise UsageError(f"output {path} would overwrite the input {src}")
 
 
 def outputs_exist(paths: Iterable[Path]) -> bool:

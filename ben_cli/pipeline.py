@@ -104,6 +104,13 @@ class Eraser:
         with inference_context(self.device, self.dtype):
             return self._forward(batch)[:n].float()
 
+    def _logits_for(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None = None
+                    ) -> torch.Tensor:
+        """Images (H, W, 3) uint8 (or their model-side versions) -> logits (B, 1, S, S) float32."""
+        if resized is None:
+            resized = [resize_for_model(im, self.resolution) for im in images]
+        return self.logits(self.to_batch(resized))
+
     def predict(self, images: Sequence[np.ndarray], *, resized: Sequence[np.ndarray] | None = None,
                 want_trimap: bool = False) -> list[Prediction]:
         """RGB uint8 images (H, W, 3) of any sizes -> alpha (and trimap) at each image's size.
@@ -113,9 +120,7 @@ class Eraser:
         """
         if not images:
             return []
-        side = self.resolution
-        resized = resized if resized is not None else [resize_for_model(im, side) for im in images]
-        logits = self.logits(self.to_batch(resized))
+        logits = self._logits_for(images, resized)
         prob = torch.sigmoid(logits)
         trimaps = None
         if want_trimap:
@@ -135,6 +140,5 @@ class Eraser:
 
     def predict_alpha(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """RGB uint8 images -> float32 alpha (H, W) in [0, 1] at each image's size (for evaluation)."""
-        side = self.resolution
-        prob = torch.sigmoid(self.logits(self.to_batch([resize_for_model(im, side) for im in images])))
+        prob = torch.sigmoid(self._logits_for(images))
         return [resize_alpha(prob[i : i + 1], im.shape[:2])[0, 0].cpu().numpy() for i, im in enumerate(images)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -75,11 +74,11 @@ def trimap(
 
 def _check_input(image: Path, outputs: list[Path]) -> None:
     """A missing IMAGE is a usage error (as for ``ben erase``); no output may replace it."""
+    from ben_cli.io import refuse_overwriting_input
+
     if not image.exists():
         raise UsageError(f"input not found: {image}")
-    for out in outputs:
-        if out.resolve() == image.resolve() or (out.exists() and os.path.samefile(out, image)):
-            raise UsageError(f"output {out} would overwrite the input {image}")
+    refuse_overwriting_input(outputs, image)
 
 
 def register(app: typer.Typer) -> None:
