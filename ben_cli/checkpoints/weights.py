@@ -18,10 +18,11 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "ben"
 
 
-def _candidates(filename: str) -> list[Path]:
-    stem = Path(filename).stem
-    names = [filename, f"{stem}.safetensors"]
-    return [d / n for d in (Path.cwd() / "weights", cache_dir()) for n in names]
+def _candidates(filename: str) -> list[tuple[str, Path]]:
+    """(where, path) for the official file and its .safetensors conversion, ./weights/ first."""
+    names = [filename, f"{Path(filename).stem}.safetensors"]
+    return [(where, d / n) for where, d in (("weights/", Path.cwd() / "weights"), ("cache", cache_dir()))
+            for n in names]
 
 
 def search_locations(model: str = DEFAULT_MODEL) -> list[tuple[str, Path]]:
@@ -32,7 +33,7 @@ def search_locations(model: str = DEFAULT_MODEL) -> list[tuple[str, Path]]:
     if env:
         out.append(("$BEN_WEIGHTS", Path(env).expanduser()))
     if entry.filename:
-        out += [("weights/" if p.parent.name == "weights" else "cache", p) for p in _candidates(entry.filename)]
+        out += _candidates(entry.filename)
     return out
 
 
@@ -56,7 +57,7 @@ def find_weights(explicit: str | Path | None = None, model: str = DEFAULT_MODEL,
     entry = get_entry(model)
     if entry.filename is None:
         raise WeightsNotFoundError(f"model {model!r} has no official checkpoint; pass --weights")
-    for p in _candidates(entry.filename):
+    for _, p in _candidates(entry.filename):
         if p.is_file():
             return p
     if download:
