@@ -1,30 +1,44 @@
 """ben: batch background removal with BEN, the Background Erase Network.
 
-Public API (imports torch lazily)::
+Public API (torch is imported on first use, not by ``import ben_cli``)::
 
-    from ben_cli import load_model
-    model = load_model("BEN2_Base.pth")          # BenBase in eval mode
+    import ben_cli
+    model = ben_cli.load_model("BEN2_Base.pth")           # BenBase in eval mode, returns logits
+    cutout = ben_cli.remove(PIL.Image.open("cat.jpg"))    # RGBA Pillow image; the model is cached
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from ben_cli.models.ben import BenBase
 
 
-def load_model(path: Any = None, *, config: str | None = None, device: Any = "cpu") -> BenBase:
+def load_model(path: Any = None, *, model: str | None = None, config: Any = None, device: Any = "cpu") -> BenBase:
     """Load a BEN Base checkpoint (official ``.pth``, ``.safetensors`` or ours) in eval mode.
 
-    ``path=None`` searches the usual places (see ``ben weights``) and downloads
-    ``BEN2_Base.pth`` if nothing is found.
+    ``path=None`` searches the usual places for the file of ``model`` (default
+    ``ben2-base``; see ``ben weights``) and downloads the official file if nothing is found.
     """
     from ben_cli.checkpoints.load import load_model as _load
 
-    return _load(path, config=config, device=device)
+    return _load(path, model=model, config=config, device=device)
 
 
-__all__ = ["__version__", "load_model"]
+def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path | None = None,
+           device: str = "auto", precision: str = "auto", resolution: int = 1024, refiner: str = "auto",
+           output: str = "cutout") -> Image.Image:
+    """Cutout (RGBA) of one Pillow image; see :func:`ben_cli.api.remove`."""
+    from ben_cli.api import remove as _remove
+
+    return _remove(image, model=model, weights=weights, device=device, precision=precision,
+                   resolution=resolution, refiner=refiner, output=output)
+
+
+__all__ = ["__version__", "load_model", "remove"]

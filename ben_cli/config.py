@@ -6,8 +6,10 @@ Model configs are stored inside every checkpoint that ``ben`` writes
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from fractions import Fraction
+from typing import Any, ClassVar
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,7 +25,7 @@ class SwinConfig:
     window_size: int = 12
     patch_size: int = 4
     mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.2  # stochastic depth in training, as in the official model
+    drop_path_rate: float = 0.2  # stochastic depth in training, as in the official model (for_inference drops it)
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,28 @@ def _tuples(d: dict[str, Any], cls: type) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrimapConfig:
-    """Confidence trimap thresholds (paper section 4.2)."""
+    """Confidence trimap thresholds (paper section 4.2); the one place their defaults are written.
+
+    ``t_low``/``t_high`` are Algorithm 1's thresholds, widened by ``step`` per
+    round of Algorithm 2 up to ``t_min``/``t_max`` while an image has fewer than
+    ``min_gray`` gray pixels (``None``: :meth:`min_gray_for` scales the paper's
+    60,000 at 1024x1024 by area).
+    """
+
+    PAPER_MIN_GRAY: ClassVar[int] = 60_000  # gray pixels wanted at PAPER_SIZE x PAPER_SIZE
+    PAPER_SIZE: ClassVar[int] = 1024
 
     t_low: float = 0.10
     t_high: float = 0.90
     t_min: float = 0.03
     t_max: float = 0.97
     step: float = 0.001
-    min_gray: int | None = None  # None: 60,000 at 1024x1024, scaled by area
+    min_gray: int | None = None
+
+    def min_gray_for(self, height: int, width: int) -> int:
+        """``N_min`` for an H x W map: ``min_gray`` if set, else ``PAPER_MIN_GRAY`` scaled by
+        ``height * width / PAPER_SIZE**2``, rounded to nearest, halves to even, in exact
+        arithmetic (128x128 -> 937.5 -> 938; 192x256 -> 2812.5 -> 2812)."""
+        if self.min_gray is not None:
+            return operator.index(self.min_gray)
+        return round(Fraction(self.PAPER_MIN_GRAY * height * width, self.PAPER_SIZE * self.PAPER_SIZE))

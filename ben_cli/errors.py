@@ -17,6 +17,31 @@ class UsageError(BenError):
     """A bad option or argument combination."""
 
 
+class OptionError(UsageError):
+    """One option has a bad value; ``param`` is its Python name (``batch_size``).
+
+    The library names the parameter; the CLI shows the flag (``--batch-size``).
+    ``reason`` may place the name itself with ``{flag}`` (``noun`` stands there in the
+    library's message); otherwise the message is prefixed with it.
+    """
+
+    def __init__(self, param: str, reason: str, noun: str | None = None) -> None:
+        self.param = param
+        self.reason = reason
+        self.noun = noun
+        super().__init__(self._render(noun or param))
+
+    def __reduce__(self):
+        return (type(self), (self.param, self.reason, self.noun))
+
+    def _render(self, name: str) -> str:
+        return self.reason.replace("{flag}", name) if "{flag}" in self.reason else f"{name}: {self.reason}"
+
+    def flag_message(self) -> str:
+        """The message with the command-line flag instead of the parameter name."""
+        return self._render("--" + self.param.replace("_", "-"))
+
+
 class WeightsNotFoundError(BenError):
     """No checkpoint could be found (and none could be downloaded)."""
 
@@ -48,3 +73,10 @@ class InputError(BenError):
 
 class PairingError(BenError):
     """Predictions and ground truths do not pair up one to one (``ben eval``)."""
+
+
+class BenWarning(UserWarning):
+    """Something the user should know that does not stop the run (a slow path, a renamed output).
+
+    The CLI prints these as one ``ben: warning: ...`` line each.
+    """

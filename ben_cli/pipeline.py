@@ -1,16 +1,26 @@
 """The Eraser: BEN Base -> confidence trimap -> refiner, on batches of images.
 
 Owns the model, the device and the dtype. Images in and out are numpy arrays
-(uint8 RGB, any size); everything between runs batched on the device:
-resize to the model side (Lanczos, as the official pipeline), normalise,
-forward, sigmoid, bring the alpha back to each image's own size.
+(uint8 RGB, any size); everything between runs batched on the device, in five
+stages with small typed interfaces:
+
+1. :meth:`Eraser.preprocess`: model-side uint8 images -> normalised (B, 3, S, S);
+2. :meth:`Eraser.base`: -> base logits (B, 1, S, S) float32;
+3. :meth:`Eraser.trimap`: -> confidence trimap (B, 1, S, S) uint8 {0, 128, 255};
+4. :meth:`Eraser.refine`: image, probability and trimap -> alpha (B, 1, S, S) in [0, 1];
+5. :meth:`Eraser.postprocess`: -> one :class:`Prediction` per image at its own size.
+
+Resizing to the model side (Lanczos, as the official pipeline) is
+:func:`resize_for_model`; the batch runner calls it in its reader threads.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,10 +29,9 @@ from PIL import Image
 from ben_cli.compose import alpha_to_uint8, resize_alpha
 from ben_cli.config import TrimapConfig
 from ben_cli.device import inference_context, resolve_device, resolve_dtype
-from ben_cli.errors import UsageError
+from ben_cli.errors import BenWarning
+from ben_cli.options import InferenceOptions, check_resolution
 from ben_cli.trimap import confidence_trimap
-
-REFINERS = ("auto", "net", "matting", "none")
 
 
 def resize_for_model(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -34,25 +43,45 @@ def resize_for_model(rgb: np.ndarray, side: int) -> np.ndarray:
 
 @dataclass
 class Prediction:
-    """Per-image results at the image's own size: alpha (H, W) uint8, trimap (H, W) uint8 or None."""
+    """One image's result at its own size (H, W).
+
+    ``alpha``: uint8 in [0, 255], the refined matte; ``trimap``: uint8 {0, 128, 255}
+    or None when not asked for; ``refiner``: the refiner that produced ``alpha``.
+    """
 
     alpha: np.ndarray
     trimap: np.ndarray | None = None
+    refiner: str = "none"
 
 
-def check_resolution(resolution: int) -> int:
-    if resolution < 256 or resolution % 128:
-        raise UsageError(f"--resolution must be a multiple of 128 and at least 256, got {resolution}")
-    return resolution
+class RefineStage(Protocol):
+    """What a refiner offers the Eraser (``ben_cli/refine/`` adds the real ones)."""
+
+    name: str
+    needs_trimap: bool
+
+    def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
+        """image (B, 3, S, S) float in [0, 1], prob (B, 1, S, S) in [0, 1], trimap (B, 1, S, S) uint8
+        -> alpha (B, 1, S, S) float in [0, 1]: 1 where the trimap is 255, 0 where it is 0."""
+        ...
 
 
-def check_refiner(refiner: str, refiner_weights: str | Path | None = None) -> str:
-    """The refiner to use; only ``none`` exists until the refiner lands (``auto`` means none)."""
-    if refiner not in REFINERS:
-        raise UsageError(f"unknown refiner {refiner!r} (use {', '.join(REFINERS)})")
-    if refiner in ("net", "matting") or refiner_weights is not None:
-        raise UsageError(f"refiner {refiner!r} is not available in this version; use --refiner none")
-    return "none"
+class NoRefiner:
+    """The base probability as the alpha."""
+
+    name = "none"
+    needs_trimap = False
+
+    def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
+        return prob
+
+
+def build_refiner(options: InferenceOptions) -> RefineStage:
+    """The refine stage that ``options.refiner`` resolves to."""
+    name = options.resolved_refiner()
+    if name == "none":
+        return NoRefiner()
+    raise ValueError(f"refiner {name!r} is not available")  # InferenceOptions refuses it first
 
 
 class Eraser:
@@ -60,56 +89,110 @@ class Eraser:
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
                  resolution: int = 1024, trimap: TrimapConfig | None = None, compile: bool = False,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, refiner: RefineStage | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
+        prepare = getattr(model, "for_inference", None)
+        model = prepare() if callable(prepare) else model
         self.model = model.eval().to(device)
         self.device, self.dtype = device, dtype
         self.resolution = check_resolution(resolution)
         self.trimap_cfg = trimap or TrimapConfig()
+        self.refiner: RefineStage = refiner or NoRefiner()
+        config = getattr(model, "config", None)
+        mean = mean if mean is not None else getattr(config, "mean", (0.485, 0.456, 0.406))
+        std = std if std is not None else getattr(config, "std", (0.229, 0.224, 0.225))
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         # torch.compile (inductor) fuses the elementwise work; it compiles once per
         # batch shape, so batches are padded to ``batch_size`` when it is on.
         self.batch_size = batch_size
         self.compiled = compile
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.settings: dict[str, Any] = {
+            "resolution": self.resolution, "device": str(device), "precision": _DTYPE_NAMES.get(dtype, str(dtype)),
+            "refiner": self.refiner.name, **(settings or {}),
+        }
 
     @classmethod
-    def from_options(cls, weights: str | Path | None = None, *, device: str = "auto", precision: str = "auto",
-                     resolution: int = 1024, batch_size: int = 1, refiner: str = "none",
-                     refiner_weights: str | Path | None = None, model: str | None = None,
-                     compile: bool = False) -> Eraser:
-        """Resolve device, dtype and weights (search/download) and load the model."""
+    def from_options(cls, options: InferenceOptions | str | Path | None = None, **changes: Any) -> Eraser:
+        """Resolve device, dtype and weights (search or download) and load the model.
+
+        ``options`` may also be a weights path; ``changes`` are applied to the options
+        first (``Eraser.from_options(model="tiny", weights=path, device="cpu")``).
+        """
+        from ben_cli import __version__
         from ben_cli.checkpoints.load import build_from_checkpoint, read_checkpoint
         from ben_cli.checkpoints.weights import find_weights
 
-        check_resolution(resolution)
-        check_refiner(refiner, refiner_weights)
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-        dev = resolve_device(device)
-        dtype = resolve_dtype(precision, dev)
-        path = find_weights(weights)
-        net = build_from_checkpoint(read_checkpoint(path), model, str(path))
-        return cls(net, device=dev, dtype=dtype, resolution=resolution, compile=compile, batch_size=batch_size)
+        if isinstance(options, (str, Path)):
+            options, changes = None, {"weights": Path(options), **changes}
+        options = options or InferenceOptions()
+        if changes:
+            options = options.replace(**changes)
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.precision.value, device)
+        if device.type == "cpu" and dtype != torch.float32:
+            warnings.warn(f"{options.precision.value} on the CPU is many times slower than fp32 and no more "
+                          "accurate; use --precision fp32", BenWarning, stacklevel=2)
+        path = find_weights(options.weights, model=options.model)
+        net = build_from_checkpoint(read_checkpoint(path), options.model, str(path))
+        settings = {"model": _model_name(net, options.model), "weights": str(path), "version": __version__}
+        return cls(net, device=device, dtype=dtype, resolution=options.resolution, compile=options.compile,
+                   batch_size=options.batch_size, refiner=build_refiner(options), settings=settings)
 
-    def to_batch(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
-        """Model-side uint8 images (S, S, 3) -> normalised (B, 3, S, S) float32 on the device."""
+    # ------------------------------------------------------------------ stages
+
+    def preprocess(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
+        """Model-side images (S, S, 3) uint8 -> (B, 3, S, S) float32 in [0, 1] on the device."""
         x = torch.from_numpy(np.stack(resized)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        return self.model.normalize(x)
+        return x.permute(0, 3, 1, 2).float().div_(255.0)
 
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised -> base logits (B, 1, S, S) float32."""
+    def base(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float in [0, 1] -> base logits (B, 1, S, S) float32 (normalised here)."""
+        batch = (rgb - self.mean) / self.std
         n = batch.shape[0]
         if self.compiled and n < self.batch_size:  # keep one shape: no recompilation for the last batch
             batch = torch.cat([batch, batch.new_zeros(self.batch_size - n, *batch.shape[1:])])
         with inference_context(self.device, self.dtype):
             return self._forward(batch)[:n].float()
 
-    def _logits_for(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None = None
-                    ) -> torch.Tensor:
-        """Images (H, W, 3) uint8 (or their model-side versions) -> logits (B, 1, S, S) float32."""
+    def trimap(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) logits -> confidence trimap (B, 1, S, S) uint8 (paper Algorithms 1-2)."""
+        c = self.trimap_cfg
+        return confidence_trimap(logits, min_gray=c.min_gray, t_low=c.t_low, t_high=c.t_high,
+                                 t_min=c.t_min, t_max=c.t_max, step=c.step)
+
+    def refine(self, rgb: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
+        """The refine stage: -> alpha (B, 1, S, S) float in [0, 1]."""
+        with torch.inference_mode():
+            return self.refiner(rgb, prob, trimap)
+
+    def postprocess(self, alpha: torch.Tensor, trimap: torch.Tensor | None,
+                    sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
+        """Alpha (B, 1, S, S) in [0, 1] and trimap -> per-image uint8 arrays at each (H, W)."""
+        out = []
+        for i, (h, w) in enumerate(sizes):
+            a = alpha_to_uint8(resize_alpha(alpha[i : i + 1], (h, w)))[0, 0]
+            tri = None
+            if trimap is not None:
+                t = torch.nn.functional.interpolate(trimap[i : i + 1].float(), size=(h, w), mode="nearest")
+                tri = t.to(torch.uint8)[0, 0].cpu().numpy()
+            out.append(Prediction(a.cpu().numpy(), tri, self.refiner.name))
+        return out
+
+    # ------------------------------------------------------------------ whole pipeline
+
+    def _probability(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None,
+                     want_trimap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stages 1-4: alpha (B, 1, S, S) in [0, 1] and the trimap (or None)."""
         if resized is None:
             resized = [resize_for_model(im, self.resolution) for im in images]
-        return self.logits(self.to_batch(resized))
+        rgb = self.preprocess(resized)
+        logits = self.base(rgb)
+        trimap = self.trimap(logits) if want_trimap or self.refiner.needs_trimap else None
+        alpha = self.refine(rgb, torch.sigmoid(logits), trimap)
+        return alpha, trimap if want_trimap else None
 
     def predict(self, images: Sequence[np.ndarray], *, resized: Sequence[np.ndarray] | None = None,
                 want_trimap: bool = False) -> list[Prediction]:
@@ -120,25 +203,27 @@ class Eraser:
         """
         if not images:
             return []
-        logits = self._logits_for(images, resized)
-        prob = torch.sigmoid(logits)
-        trimaps = None
-        if want_trimap:
-            c = self.trimap_cfg
-            trimaps = confidence_trimap(logits, min_gray=c.min_gray, t_low=c.t_low, t_high=c.t_high,
-                                        t_min=c.t_min, t_max=c.t_max, step=c.step)
-        out = []
-        for i, im in enumerate(images):
-            h, w = im.shape[:2]
-            alpha = alpha_to_uint8(resize_alpha(prob[i : i + 1], (h, w)))[0, 0]
-            tri = None
-            if trimaps is not None:
-                tri = torch.nn.functional.interpolate(trimaps[i : i + 1].float(), size=(h, w), mode="nearest")
-                tri = tri.to(torch.uint8)[0, 0].cpu().numpy()
-            out.append(Prediction(alpha.cpu().numpy(), tri))
-        return out
+        alpha, trimap = self._probability(images, resized, want_trimap)
+        return self.postprocess(alpha, trimap, [im.shape[:2] for im in images])
 
     def predict_alpha(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """RGB uint8 images -> float32 alpha (H, W) in [0, 1] at each image's size (for evaluation)."""
-        prob = torch.sigmoid(self._logits_for(images))
-        return [resize_alpha(prob[i : i + 1], im.shape[:2])[0, 0].cpu().numpy() for i, im in enumerate(images)]
+        if not images:
+            return []
+        alpha, _ = self._probability(images, None, False)
+        return [resize_alpha(alpha[i : i + 1].float(), im.shape[:2])[0, 0].cpu().numpy()
+                for i, im in enumerate(images)]
+
+
+def _model_name(model: torch.nn.Module, requested: str) -> str:
+    """The registry name whose configuration the loaded model has (``custom`` for none)."""
+    from ben_cli.models.registry import MODELS
+
+    config = getattr(model, "config", None)
+    if config is None or MODELS[requested].config == config:
+        return requested
+    return next((name for name, entry in MODELS.items() if entry.config == config), "custom")
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+

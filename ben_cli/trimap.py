@@ -27,7 +27,7 @@ Exact semantics (shared by :func:`confidence_trimap` and :func:`trimap_reference
   (With the paper's parameters the float32 values of the accumulated thresholds
   equal those of ``round(t, 3)``; in float64 87 of the 142 differ.)
 * ``N_min`` (``min_gray=None``) is ``round(60000 * H * W / 1024**2)`` computed
-  exactly, halves to even (:func:`default_min_gray`).
+  exactly, halves to even (:meth:`TrimapConfig.min_gray_for`).
 * A NaN probability is gray (both comparisons are false), as in the loop.
 
 :func:`confidence_trimap` computes all steps at once: every threshold the loop
@@ -41,30 +41,38 @@ does not trip (``tests/test_trimap.py::test_cuda_no_host_sync``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-import operator
-from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
 import torch
 
-PAPER_MIN_GRAY = 60_000
-"""Minimum number of gray pixels at :data:`PAPER_SIZE` x :data:`PAPER_SIZE` (paper section 4.2)."""
-PAPER_SIZE = 1024
+from ben_cli.config import TrimapConfig
 
 _MAX_STEPS = 1_000_000  # a schedule longer than this is refused (memory, and surely a mistake)
 _MIN_BINS, _MAX_BINS = 1024, 65536  # coarse bins for the classification, powers of two
 
 
 def default_min_gray(height: int, width: int) -> int:
-    """The paper's 60,000 gray pixels at 1024x1024, scaled by ``height * width / 1024**2``.
+    """The paper's 60,000 gray pixels at 1024x1024, scaled by ``height * width / 1024**2``
+    (:meth:`TrimapConfig.min_gray_for` with ``min_gray=None``)."""
+    return TrimapConfig(min_gray=None).min_gray_for(height, width)
 
-    Rounded to the nearest integer, halves to even, in exact arithmetic
-    (128x128 -> 937.5 -> 938; 192x256 -> 2812.5 -> 2812).
+
+def resolve_config(config: TrimapConfig | None = None, **overrides: float | int | None) -> TrimapConfig:
+    """``config`` (default :class:`TrimapConfig`) with some fields replaced by keyword.
+
+    Raises ``TypeError`` for a keyword that is not a field of :class:`TrimapConfig`.
     """
-    return round(Fraction(PAPER_MIN_GRAY * height * width, PAPER_SIZE * PAPER_SIZE))
+    config = TrimapConfig() if config is None else config
+    if not overrides:
+        return config
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrimapConfig)})
+    if unknown:
+        raise TypeError(f"unknown trimap parameter(s) {', '.join(unknown)}; TrimapConfig fields only")
+    return dataclasses.replace(config, **overrides)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -206,10 +214,6 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
 
 
-def _min_gray(min_gray: int | None, height: int, width: int) -> int:
-    return default_min_gray(height, width) if min_gray is None else operator.index(min_gray)
-
-
 class _Selection(NamedTuple):
     keys: torch.Tensor  # (B*H*W,) int32 key of each pixel, offset by image: b * S + key
     key_class: torch.Tensor  # (S,) int64 class of each key
@@ -221,18 +225,11 @@ class _Selection(NamedTuple):
     steps: torch.Tensor  # (B,) int64 number of widening steps
 
 
-def _select(
-    probs: torch.Tensor,
-    min_gray: int | None,
-    t_low: float,
-    t_high: float,
-    t_min: float,
-    t_max: float,
-    step: float,
-) -> _Selection:
+def _select(probs: torch.Tensor, config: TrimapConfig) -> _Selection:
     """Classify every pixel and pick each image's final step. ``probs``: (B, 1, H, W) float32/64."""
-    min_gray = _min_gray(min_gray, probs.shape[2], probs.shape[3])
-    tables = _tables(float(t_low), float(t_high), float(t_min), float(t_max), float(step), probs.dtype)
+    min_gray = config.min_gray_for(probs.shape[2], probs.shape[3])
+    params = (config.t_low, config.t_high, config.t_min, config.t_max, config.step)
+    tables = _tables(*map(float, params), probs.dtype)
     device = probs.device
     batch = probs.shape[0]
     flat = probs.reshape(batch, -1)
@@ -280,61 +277,43 @@ def _select(
 
 
 def confidence_trimap(
-    logits: torch.Tensor,
-    *,
-    min_gray: int | None = None,
-    t_low: float = 0.10,
-    t_high: float = 0.90,
-    t_min: float = 0.03,
-    t_max: float = 0.97,
-    step: float = 0.001,
+    logits: torch.Tensor, config: TrimapConfig | None = None, **overrides: float | int | None
 ) -> torch.Tensor:
     """Confidence trimap of base logits, exactly as Algorithms 1 and 2 (vectorised, batched).
 
     Args:
         logits: (B, 1, H, W) float base-model logits (any float dtype, any device).
-        min_gray: gray pixels wanted per image (``N_min``); ``None`` scales the
-            paper's 60,000 at 1024x1024 by H*W (:func:`default_min_gray`).
-        t_low, t_high: initial thresholds; t_min, t_max: their bounds; step: the widening.
+        config: thresholds and ``min_gray`` (``N_min``); ``None``: the paper's
+            (:class:`TrimapConfig` defaults; ``min_gray=None`` scales 60,000 at
+            1024x1024 by H*W).
+        overrides: fields of :class:`TrimapConfig` to replace, by name
+            (``min_gray=200``); ``TypeError`` for any other name.
 
     Returns:
         (B, 1, H, W) uint8 on the logits' device, values in {0, 128, 255}; pixel
         for pixel equal to :func:`trimap_reference` (semantics in the module docstring).
     """
     _check_logits(logits)
-    return _trimap_from_probs(probabilities(logits), min_gray, t_low, t_high, t_min, t_max, step)
+    return _trimap_from_probs(probabilities(logits), resolve_config(config, **overrides))
 
 
 def trimap_thresholds(
-    logits: torch.Tensor,
-    *,
-    min_gray: int | None = None,
-    t_low: float = 0.10,
-    t_high: float = 0.90,
-    t_min: float = 0.03,
-    t_max: float = 0.97,
-    step: float = 0.001,
+    logits: torch.Tensor, config: TrimapConfig | None = None, **overrides: float | int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each image's final ``(t_l, t_h)`` and step count, as :func:`confidence_trimap` finds them.
 
-    Returns three (B,) tensors on the logits' device: ``t_l`` and ``t_h`` in the
-    probability dtype (the float32/float64 values the comparisons use), and the
-    number of widening steps (int64; 0 when Algorithm 1's trimap had enough gray).
+    Same arguments as :func:`confidence_trimap`. Returns three (B,) tensors on the
+    logits' device: ``t_l`` and ``t_h`` in the probability dtype (the float32/float64
+    values the comparisons use), and the number of widening steps (int64; 0 when
+    Algorithm 1's trimap had enough gray).
     """
     _check_logits(logits)
-    sel = _select(probabilities(logits), min_gray, t_low, t_high, t_min, t_max, step)
+    sel = _select(probabilities(logits), resolve_config(config, **overrides))
     return sel.t_low, sel.t_high, sel.steps
 
 
 def trimap_reference(
-    logits: torch.Tensor,
-    *,
-    min_gray: int | None = None,
-    t_low: float = 0.10,
-    t_high: float = 0.90,
-    t_min: float = 0.03,
-    t_max: float = 0.97,
-    step: float = 0.001,
+    logits: torch.Tensor, config: TrimapConfig | None = None, **overrides: float | int | None
 ) -> torch.Tensor:
     """Reference: Algorithms 1 and 2 as a plain loop, image by image (slow; for tests and benchmarks).
 
@@ -342,21 +321,13 @@ def trimap_reference(
     count per step. Same arguments, result and semantics as :func:`confidence_trimap`.
     """
     _check_logits(logits)
-    return _reference_from_probs(probabilities(logits), min_gray, t_low, t_high, t_min, t_max, step)
+    return _reference_from_probs(probabilities(logits), resolve_config(config, **overrides))
 
 
-def _trimap_from_probs(
-    probs: torch.Tensor,
-    min_gray: int | None,
-    t_low: float,
-    t_high: float,
-    t_min: float,
-    t_max: float,
-    step: float,
-) -> torch.Tensor:
+def _trimap_from_probs(probs: torch.Tensor, config: TrimapConfig) -> torch.Tensor:
     """:func:`confidence_trimap` of probabilities ``probs`` (B, 1, H, W) float32/float64."""
     batch, _, height, width = probs.shape
-    sel = _select(probs, min_gray, t_low, t_high, t_min, t_max, step)
+    sel = _select(probs, config)
     # Label of each class for each image, with the loop's precedence:
     # torch.where(M >= t_h, 255, torch.where(M <= t_l, 0, 128)); the last class (NaN) is gray.
     device = probs.device
@@ -369,22 +340,15 @@ def _trimap_from_probs(
     return key_labels.index_select(0, sel.keys).view(batch, 1, height, width)
 
 
-def _reference_from_probs(
-    probs: torch.Tensor,
-    min_gray: int | None,
-    t_low: float,
-    t_high: float,
-    t_min: float,
-    t_max: float,
-    step: float,
-) -> torch.Tensor:
+def _reference_from_probs(probs: torch.Tensor, config: TrimapConfig) -> torch.Tensor:
     """:func:`trimap_reference` of probabilities ``probs`` (B, 1, H, W) float32/float64."""
     _, _, height, width = probs.shape
-    n_min = _min_gray(min_gray, height, width)
-    threshold_schedule(t_low, t_high, t_min, t_max, step)  # the same parameter checks
+    n_min = config.min_gray_for(height, width)
+    t_min, t_max, step = config.t_min, config.t_max, config.step
+    threshold_schedule(config.t_low, config.t_high, t_min, t_max, step)  # the same parameter checks
     out = []
     for m in probs.unbind(0):  # m: (1, H, W), M of one image
-        t_l, t_h = t_low, t_high
+        t_l, t_h = config.t_low, config.t_high
         trimap = torch.where(m >= t_h, 255, torch.where(m <= t_l, 0, 128))  # Algorithm 1
         n_g = (trimap == 128).sum().item()
         while n_g < n_min and (t_l > t_min or t_h < t_max):  # Algorithm 2

@@ -1,15 +1,19 @@
-"""Shared fixtures: tiny random-weight models and checkpoints made by the tests."""
+"""Shared fixtures: tiny random-weight models and checkpoints made by the tests, the shared reference kit.
+
+Tests take what they share as fixtures (never ``import tests.conftest``), so the suite runs from any folder.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO.parent / "shared" / "ben2_reference"
+_REPO = Path(__file__).resolve().parents[1]
+_REFERENCE_DIR = _REPO.parent / "shared" / "ben2_reference"
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +64,20 @@ def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
     return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
-def reference_kit():
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The shared BEN2 reference kit folder (``../shared/ben2_reference`` beside the repository), or skip."""
+    if not _REFERENCE_DIR.is_dir():
+        pytest.skip(f"reference kit not found at {_REFERENCE_DIR}")
+    return _REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def reference_kit(reference_dir: Path) -> ModuleType:
     """The shared exactness kit's ``make_checkpoint`` module, or skip."""
-    if not (REFERENCE_DIR / "make_checkpoint.py").is_file():
-        pytest.skip(f"reference kit not found at {REFERENCE_DIR}")
-    sys.path.insert(0, str(REFERENCE_DIR))
+    if not (reference_dir / "make_checkpoint.py").is_file():
+        pytest.skip(f"make_checkpoint.py not found in {reference_dir}")
+    sys.path.insert(0, str(reference_dir))
     try:
         import make_checkpoint
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,17 @@ def _same_weights(path: Path, model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("argv", [["weights"], ["weights", "list"]])
-def test_list_with_nothing_found(places, capsys, argv):
+def test_list_with_nothing_found_shows_every_model_and_exits_1(places, capsys, argv):
     _, _, calls = places
-    assert main(argv) == 0
+    assert main(argv) == 1
     captured = capsys.readouterr()
     assert captured.out == ""  # no path: nothing would be used
-    assert "none found" in captured.err and "ben weights download" in captured.err
-    assert "BEN2_Base.pth" in captured.err and "weights/" in captured.err and "cache" in captured.err
+    err = captured.err
+    for name, filename in (("ben2-base", "BEN2_Base.pth"), ("ben-base", "BEN_Base.pth")):
+        assert f"{name}: {filename} (from PramaLLC/" in err
+        assert f"\n  none found; `ben weights download -m {name}` fetches {filename}" in err
+    assert "tiny: no official file\n  none found; pass --weights PATH" in err
+    assert "weights/" in err and "cache" in err and "BEN_Base.safetensors" in err
     assert calls == []  # listing never downloads
 
 
@@ -47,33 +52,66 @@ def test_list_prints_the_file_that_would_be_used(places, tiny_checkpoint, monkey
     cwd, cache, calls = places
     cache.mkdir()
     shutil.copy(tiny_checkpoint, cache / "BEN2_Base.pth")
-    assert main(["weights"]) == 0
-    assert capsys.readouterr().out.strip() == str(cache / "BEN2_Base.pth")
+    assert main(["weights"]) == 0  # one model found is enough
+    assert capsys.readouterr().out == f"ben2-base\t{cache / 'BEN2_Base.pth'}\n"
 
     local = cwd / "weights" / "BEN2_Base.safetensors"
     local.parent.mkdir()
     shutil.copy(tiny_checkpoint, local)
-    assert main(["weights", "list"]) == 0
+    assert main(["weights", "list", "--model", "ben2-base"]) == 0
     captured = capsys.readouterr()
     assert Path(captured.out.strip()) == Path.cwd() / "weights" / "BEN2_Base.safetensors"
-    assert "yes" in captured.err
+    assert f"{local}  <- found, used" in captured.err and f"uses {local}" in captured.err
 
     monkeypatch.setenv("BEN_WEIGHTS", str(tiny_checkpoint))
-    assert main(["weights", "list"]) == 0
+    assert main(["weights", "list", "-m", "ben2-base"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(tiny_checkpoint)
     assert "$BEN_WEIGHTS" in captured.err
-
-    assert main(["weights", "list", "--model", "ben-base"]) == 0
-    assert "BEN_Base.pth" in capsys.readouterr().err
+    assert main(["weights", "list"]) == 0  # $BEN_WEIGHTS serves every model
+    assert capsys.readouterr().out.splitlines() == [f"{m}\t{tiny_checkpoint}" for m in ("ben2-base", "ben-base",
+                                                                                          "tiny")]
     assert calls == []
 
 
-def test_unknown_model_is_a_usage_error(places, capsys):
-    for argv in (["weights", "list", "-m", "huge"], ["weights", "download", "-m", "huge"]):
+def test_list_one_model_exits_by_that_model(places, tiny_checkpoint, capsys):
+    cwd, _, calls = places
+    (cwd / "weights").mkdir()
+    shutil.copy(tiny_checkpoint, cwd / "weights" / "BEN_Base.safetensors")
+    assert main(["weights", "list", "-m", "ben2-base"]) == 1  # only the other model's file is there
+    captured = capsys.readouterr()
+    assert captured.out == "" and "none found" in captured.err and "ben-base" not in captured.err
+    assert main(["weights", "list", "-m", "ben-base"]) == 0
+    assert capsys.readouterr().out.strip() == str(Path.cwd() / "weights" / "BEN_Base.safetensors")
+    assert main(["weights"]) == 0
+    assert capsys.readouterr().out == f"ben-base\t{Path.cwd() / 'weights' / 'BEN_Base.safetensors'}\n"
+    assert calls == []
+
+
+def test_list_shows_the_file_inside_a_ben_weights_folder(places, tiny_checkpoint, monkeypatch, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(tiny_checkpoint, folder / "run.safetensors")
+    monkeypatch.setenv("BEN_WEIGHTS", str(folder))
+    assert main(["weights", "list", "-m", "tiny"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(folder / "run.safetensors")
+    assert f"{folder}  <- found run.safetensors, used" in captured.err
+
+
+def test_unknown_model_is_a_usage_error_listing_the_choices(places, capsys):
+    for argv in (["weights", "list", "-m", "huge"], ["weights", "download", "-m", "huge"],
+                 ["weights", "convert", "x.pth", "-m", "huge"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "unknown model 'huge'" in err and "ben2-base" in err and "unexpected" not in err
+        assert "'huge'" in err and "'ben2-base', 'ben-base', 'tiny'" in err and "unexpected" not in err
+
+
+@pytest.mark.parametrize("command", ["list", "download", "convert"])
+def test_help_lists_the_model_choices(capsys, command):
+    assert main(["weights", command, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ben2-base|ben-base|tiny" in out
 
 
 # --------------------------------------------------------------------------- download
@@ -100,7 +138,8 @@ def test_download_lands_in_the_cache(places, monkeypatch, capsys, argv, repo_id,
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == str(cache / filename)
-    assert calls == [{"repo_id": repo_id, "filename": filename, "local_dir": cache}]
+    assert [{k: c[k] for k in ("repo_id", "filename", "local_dir")} for c in calls] == [
+        {"repo_id": repo_id, "filename": filename, "local_dir": cache}]
     assert (cache / filename).read_bytes() == b"weights"
 
 
@@ -197,9 +236,9 @@ def test_convert_refuses_to_replace_its_source(tmp_path, tiny_checkpoint, capsys
     ("make", "extra", "message"),
     [
         (None, [], "no such checkpoint file"),
-        (b"not a checkpoint", [], "cannot read checkpoint"),
+        (b"not a checkpoint", [], "in.pth: not a checkpoint (a text file)"),
         ("tiny", ["{dir}/x.pth"], "DST must end in .safetensors"),
-        ("tiny", ["{dir}/y.safetensors", "--model", "huge"], "unknown model 'huge'"),
+        ("tiny", ["{dir}/y.safetensors", "--model", "huge"], "'huge' is not one of 'ben2-base'"),
     ],
 )
 def test_convert_errors_are_exit_2(tmp_path, tiny_checkpoint, capsys, make, extra, message):
@@ -215,3 +254,64 @@ def test_convert_errors_are_exit_2(tmp_path, tiny_checkpoint, capsys, make, extr
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "unexpected" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_convert_refuses_to_overwrite_without_the_flag(official_pth, tiny_model, capsys):
+    dst = official_pth.with_suffix(".safetensors")
+    dst.write_bytes(b"keep me")
+    assert main(["weights", "convert", str(official_pth), "-m", "tiny"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"ben: error: {dst} exists; pass --overwrite to replace it"
+    assert captured.out == "" and dst.read_bytes() == b"keep me"
+    assert main(["weights", "convert", str(official_pth), "-m", "tiny", "--overwrite"]) == 0
+    assert capsys.readouterr().out.strip() == str(dst)
+    _same_weights(dst, tiny_model)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_convert_keeps_arch_config_and_metadata(tmp_path, tiny_model, capsys):
+    src = save_checkpoint(tiny_model, tmp_path / "run.pth", metadata={"step": 40, "ema": torch.ones(3)})
+    assert main(["weights", "convert", str(src)]) == 0  # no --model: the file describes itself
+    captured = capsys.readouterr()
+    assert "metadata not kept (.safetensors stores JSON only): ema" in captured.err
+    ckpt = read_checkpoint(src.with_suffix(".safetensors"))
+    assert (ckpt.arch, ckpt.config, ckpt.metadata) == ("base", tiny_model.config, {"step": 40})
+    _same_weights(src.with_suffix(".safetensors"), tiny_model)
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    width: int = 3
+    depth: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ToyConfig:
+        return cls(**d)
+
+
+class Toy(torch.nn.Module):
+    """A stand-in for a later architecture (the refiner)."""
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = torch.nn.Sequential(*[torch.nn.Linear(config.width, config.width)
+                                              for _ in range(config.depth)])
+
+
+def test_convert_works_for_any_registered_arch(tmp_path, monkeypatch, capsys):
+    from ben_cli.models import registry
+
+    monkeypatch.setattr(registry, "ARCHS", dict(registry.ARCHS))
+    registry.register_arch("toy", ToyConfig, Toy, Toy)
+    toy = Toy(ToyConfig(width=5, depth=1))
+    src = save_checkpoint(toy, tmp_path / "toy.pth", metadata={"source": "unit test"})
+    assert main(["weights", "convert", str(src), str(tmp_path / "toy_out.safetensors")]) == 0
+    ckpt = read_checkpoint(tmp_path / "toy_out.safetensors")
+    assert (ckpt.arch, ckpt.config, ckpt.metadata) == ("toy", toy.config, {"source": "unit test"})
+    _same_weights(tmp_path / "toy_out.safetensors", toy)
+    assert main(["weights", "convert", str(src), str(tmp_path / "k.safetensors"), "--official-keys"]) == 2
+    assert "official layout exists only for arch 'base', not 'toy'" in capsys.readouterr().err

@@ -151,6 +151,21 @@ def test_ben_protocol(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[
     assert result["s_measure"] is None  # the full ground truth makes the script's S-measure NaN
     for key in ("max_f", "weighted_f", "e_measure", "mae", "dice", "iou", "ber", "acc"):
         assert 0.0 <= result[key] <= 1.0, key
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "s_measure is NaN for 1 of 3 pairs" in warning[0]
+    assert str(gt_dir / "full.png") in warning[0] and "all-foreground" in warning[0]
+
+
+def test_table_says_nine_metrics_plus_mean_f(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    pred_dir, gt_dir = dataset
+    rc, _, err = _run(capsys, str(pred_dir), str(gt_dir), "--workers", "1")
+    assert rc == 0, err
+    assert "nine metrics, plus mean F" in err
+    rows = [line for line in err.splitlines() if "↑" in line or "↓" in line]
+    assert len(rows) == len(METRIC_KEYS) + 1 and "mean_f" in rows[-1]  # nine, then mean F last
+    assert "warning" not in err  # nothing is undefined under the standard protocol
+    rc, out, _ = _run(capsys, "--help")
+    assert rc == 0 and "nine metrics" in out and "plus mean F" in out
 
 
 def test_missing_partner_names_the_files(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,6 +186,44 @@ def test_duplicate_stem_names_both_files(dataset: tuple[Path, Path], capsys: pyt
     assert "img0.bmp" in err and "img0.png" in err
 
 
+def test_cutout_scores_as_its_alpha_mask(tmp_path: Path) -> None:
+    """A cutout (RGBA) prediction and a cutout ground truth are read from their alpha."""
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    for i in range(3):
+        gt = _blob(rng)
+        alpha = _noisy(rng, gt)
+        _write(tmp_path / "alpha" / f"{i}.png", alpha)
+        _write(tmp_path / "gt" / f"{i}.png", gt)
+        cutout = np.dstack([colour * (alpha[:, :, None] > 0), alpha])  # colour zeroed where transparent
+        _write(tmp_path / "cutout" / f"{i}.png", cv2.cvtColor(cutout, cv2.COLOR_RGBA2BGRA))
+        _write(tmp_path / "gt_cutout" / f"{i}.png", cv2.cvtColor(np.dstack([colour, gt]), cv2.COLOR_RGBA2BGRA))
+
+    def score(pred: str, gt: str = "gt") -> dict[str, float]:
+        pairs = ev.pair_predictions(tmp_path / pred, tmp_path / gt)
+        return ev.evaluate_pairs(pairs, workers=1, progress=False).summary.metrics
+
+    want = score("alpha")
+    assert score("cutout") == want
+    assert score("alpha", "gt_cutout") == want
+    assert score("cutout", "gt_cutout") == want
+    assert want["mae"] < 0.2  # and the colour would have scored otherwise: random colour is no mask
+
+
+def test_a_pair_that_cannot_be_scored_names_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ben_cli.errors import InputError
+    from ben_cli.io import read_mask
+
+    _write(tmp_path / "pred" / "a.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "gt" / "a.png", np.zeros((6, 8), np.uint8))
+    monkeypatch.setattr(ev, "load_pair", lambda pair, protocol: (read_mask(pair.pred), read_mask(pair.gt)))
+    pairs = ev.pair_predictions(tmp_path / "pred", tmp_path / "gt")
+    with pytest.raises(InputError) as caught:
+        ev.evaluate_pairs(pairs, workers=1, progress=False)
+    assert caught.value.path == str(tmp_path / "pred" / "a.png")
+    assert str(tmp_path / "gt" / "a.png") in caught.value.reason and "shape" in caught.value.reason
+
+
 def test_unreadable_image_names_the_file(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     pred_dir, gt_dir = dataset
     (pred_dir / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
@@ -187,6 +240,10 @@ def test_unreadable_image_names_the_file(dataset: tuple[Path, Path], capsys: pyt
         (["P", "G", "--weights", "w.pth"], "--weights"),
         (["P", "G", "--save-pred", "out"], "--save-pred"),
         (["P", "G", "--refiner", "net"], "--refiner"),
+        (["P", "G", "--refiner", "auto"], "--refiner"),  # given, even if it is the default
+        (["P", "G", "--model", "ben-base"], "--model"),
+        (["P", "G", "--resolution", "512", "-b", "2"], "--resolution, --batch-size"),
+        (["P", "G", "--device", "cpu", "--precision", "fp32"], "--device, --precision"),
         (["P", "G", "--data", "D"], "not both"),
         (["--data", "D"], "im/"),
         (["P", "G", "--plot", "curves.txt"], "--plot"),
@@ -223,6 +280,36 @@ class _ThresholdEraser:
         return [img[:, :, 0].astype(np.float32) / 255 for img in images]
 
 
+class _FixedEraser:
+    """Stands in for the Eraser: returns the given alphas."""
+
+    def __init__(self, alphas: list[np.ndarray]) -> None:
+        self.alphas = alphas
+
+    def predict_alpha(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.alphas.pop(0) for _ in images]
+
+
+def test_saved_masks_round_as_before(tmp_path: Path) -> None:
+    """The masks are rounded as ``ben erase`` rounds alpha, exactly as eval's former numpy rounding did."""
+    levels = np.arange(256, dtype=np.float64)
+    specials = np.array([np.nan, -np.inf, np.inf, -0.2, 1.3, -0.0, 1.0, 0.0])
+    values = np.concatenate([(levels + offset) / 255 for offset in (0.0, 0.5, 0.49, 0.51)] + [specials])
+    values = np.resize(values, 32 * 40).reshape(32, 40)
+    alphas = [values.astype(np.float32), values]  # float32 and float64 alphas
+    for i in range(2):
+        _write(tmp_path / "data" / "im" / f"{i}.png", np.zeros((32, 40, 3), np.uint8))
+        _write(tmp_path / "data" / "gt" / f"{i}.png", np.zeros((32, 40), np.uint8))
+    items = ev.match_stems(tmp_path / "data" / "im", tmp_path / "data" / "gt")
+    list(ev.predict_to_dir(_FixedEraser(list(alphas)), items, tmp_path / "pred", batch_size=2))
+    for i, alpha in enumerate(alphas):
+        with np.errstate(over="ignore", invalid="ignore"):  # the former formula, restated
+            a = np.nan_to_num(np.asarray(alpha, dtype=np.float32), nan=0.0)
+            want = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+        got = cv2.imread(str(tmp_path / "pred" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_predict_to_dir_writes_masks_and_evaluates(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for i in range(5):
@@ -248,7 +335,7 @@ def test_model_mode_with_a_tiny_checkpoint(
         _write(tmp_path / "data" / "gt" / f"s{i}.png", gt)
         _write(tmp_path / "data" / "im" / f"s{i}.png", rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
     save = tmp_path / "saved"
-    args = ["--data", str(tmp_path / "data"), "--weights", str(tiny_checkpoint), "--device", "cpu"]
+    args = ["--data", str(tmp_path / "data"), "--model", "tiny", "--weights", str(tiny_checkpoint), "--device", "cpu"]
     args += ["--resolution", "256", "--batch-size", "2", "--save-pred", str(save), "--json", "--workers", "1"]
     rc, out, err = _run(capsys, *args, "-q")
     assert rc == 0, err

@@ -235,6 +235,21 @@ def test_ben_s_measure_special_cases() -> None:
     assert math.isnan(bp.s_measure(np.full((4, 4), 0.5, np.float32), top_row))
 
 
+def test_ben_image_metrics_say_why_a_score_is_undefined() -> None:
+    rng = np.random.default_rng(11)
+    pred = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    full = bp.image_metrics(pred, np.full((32, 32), 255, np.uint8), size=64)
+    assert math.isnan(full.scores["s_measure"])
+    assert set(full.undefined) == {"s_measure"} and "all-foreground" in full.undefined["s_measure"]
+    left = np.zeros((32, 32), np.uint8)
+    left[:, 0] = 255  # centroid in column 0: the left quadrants are empty
+    edge = bp.image_metrics(pred, left, size=64)
+    assert math.isnan(edge.scores["s_measure"]) and "first row or column" in edge.undefined["s_measure"]
+    normal = bp.image_metrics(*_blob_pair(rng), size=64)
+    assert normal.undefined == {} and not any(math.isnan(v) for v in normal.scores.values())
+    assert std.image_metrics(pred, left).undefined == {}
+
+
 def test_ben_weighted_f_perfect_empty_and_against_pysodmetrics() -> None:
     rng = np.random.default_rng(5)
     pred, gt = _blob_pair(rng)

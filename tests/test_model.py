@@ -7,6 +7,8 @@ import torch
 
 from ben_cli.models.registry import MODELS, build_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize("size", [256, 384, 512, 640, 768])
 def test_every_supported_size_gives_full_size_logits(tiny_model, size):
@@ -85,3 +87,78 @@ def test_fast_head_ops_equal_the_plain_ops(shape):
         for f in (2, 4):
             ref = F.interpolate(shallow(big), size=(big.shape[2] // f, big.shape[3] // f), mode="bilinear")
             assert (conv3x3_then_downscale(big, shallow, f) - ref).abs().max() < 1e-5
+
+
+def test_for_inference_drops_drop_path_and_keeps_the_output():
+    from timm.layers import DropPath
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    assert model.training and any(isinstance(m, DropPath) for m in model.modules())  # training keeps them
+    x = torch.randn(2, 3, 256, 256)
+    with torch.inference_mode():
+        before = model.eval()(x)
+    assert model.for_inference() is model
+    assert not model.training
+    assert not any(isinstance(m, DropPath) for m in model.modules())
+    assert all(isinstance(b.drop_path1, torch.nn.Identity) and isinstance(b.drop_path2, torch.nn.Identity)
+               for stage in model.encoder.swin.layers for b in stage.blocks)
+    with torch.inference_mode():
+        assert torch.equal(model(x), before)
+    assert model.state_dict().keys() == build_model("tiny").state_dict().keys()  # DropPath holds no weights
+
+
+def test_one_model_shared_by_threads_gives_single_thread_results():
+    """One Eraser's model used from several threads, two input sizes interleaved (shared layout caches)."""
+    import threading
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model("tiny").for_inference()
+
+    inputs = [torch.randn(1, 3, 256, 256), torch.randn(1, 3, 384, 384)]
+    with torch.inference_mode():
+        want = [fresh()(x) for x in inputs]
+    model = fresh()  # empty caches: the threads build them concurrently
+    results: list[tuple[int, torch.Tensor]] = []
+    errors: list[BaseException] = []
+
+    def work(start: int) -> None:
+        try:
+            with torch.inference_mode():
+                for i in range(3):
+                    k = (start + i) % 2
+                    results.append((k, model(inputs[k])))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(results) == 12
+    for k, got in results:
+        assert (got - want[k]).abs().max().item() <= 1e-5
+
+
+def test_compiled_inference_model_is_one_graph():
+    """torch.compile traces the whole inference model as one graph: no graph break in the
+    window layout, hence no per-block frames that recompile on each block's attributes."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    model = build_model("tiny").for_inference()
+    counter = CompileCounter()  # dynamo only (no inductor): counts the graphs it captures
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model, backend=counter, dynamic=False)
+        x = torch.randn(1, 3, 256, 256)
+        with torch.inference_mode():
+            first, second = compiled(x), compiled(x)  # the first call builds the layout caches
+            eager = model(x)
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == 1
+    assert torch.equal(first, second) and (first - eager).abs().max().item() <= 1e-5

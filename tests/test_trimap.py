@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ben_cli.config import TrimapConfig
 from ben_cli.trimap import (
     _reference_from_probs,
     _select,
@@ -17,6 +19,7 @@ from ben_cli.trimap import (
     confidence_trimap,
     default_min_gray,
     probabilities,
+    resolve_config,
     threshold_schedule,
     trimap_overlay,
     trimap_reference,
@@ -85,8 +88,8 @@ def cases(draw: st.DrawFn) -> tuple[torch.Tensor, dict, int | None]:
 @given(cases())
 def test_vectorised_equals_reference(case: tuple[torch.Tensor, dict, int | None]) -> None:
     probs, params, min_gray = case
-    want = _reference_from_probs(probs, min_gray, **params)
-    got = _trimap_from_probs(probs, min_gray, **params)
+    want = _reference_from_probs(probs, TrimapConfig(min_gray=min_gray, **params))
+    got = _trimap_from_probs(probs, TrimapConfig(min_gray=min_gray, **params))
     assert got.dtype == torch.uint8
     assert torch.equal(got, want)
 
@@ -166,10 +169,10 @@ def test_images_of_a_batch_take_their_own_steps() -> None:
     probs[2, 0, 0, 0] = states[23][0]  # = t_l at step 23: 0 up to step 23, gray from step 24
     probs[3, 0, 0, 0] = torch.nextafter(torch.tensor(states[40][1]), torch.tensor(0.0))  # just below t_h(40)
     # probs[4]: all confident, runs to the bounds (step 70)
-    got = _trimap_from_probs(probs, 1, **PAPER)
-    assert torch.equal(got, _reference_from_probs(probs, 1, **PAPER))
+    got = _trimap_from_probs(probs, TrimapConfig(min_gray=1, **PAPER))
+    assert torch.equal(got, _reference_from_probs(probs, TrimapConfig(min_gray=1, **PAPER)))
     assert got[:, 0, 0, 0].tolist() == [128, 128, 128, 128, 0]
-    sel = _select(probs, 1, **PAPER)
+    sel = _select(probs, TrimapConfig(min_gray=1, **PAPER))
     assert sel.steps.tolist() == [0, 6, 24, 40, 70]
     want = torch.tensor([states[k] for k in sel.steps.tolist()], dtype=torch.float64).float()
     assert torch.equal(sel.t_low, want[:, 0]) and torch.equal(sel.t_high, want[:, 1])
@@ -204,6 +207,32 @@ def test_min_gray_none_scales_the_paper_value() -> None:
     assert not torch.equal(steps, trimap_thresholds(logits, min_gray=n + 400)[2])
 
 
+def test_config_defaults_are_the_papers() -> None:
+    """TrimapConfig is the one source of the defaults: the paper's values, used when nothing is passed."""
+    assert dataclasses.asdict(TrimapConfig()) == {**PAPER, "min_gray": None}
+    assert resolve_config() == TrimapConfig() == resolve_config(None)
+    assert TrimapConfig().min_gray_for(1024, 1024) == 60_000
+    assert TrimapConfig().min_gray_for(100, 100) == default_min_gray(100, 100) == 572
+    assert TrimapConfig(min_gray=7).min_gray_for(1024, 1024) == 7
+    assert TrimapConfig(min_gray=0).min_gray_for(5, 5) == 0
+
+
+def test_config_and_keyword_overrides_agree() -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 1, 48, 40, generator=gen) * 6
+    custom = TrimapConfig(t_low=0.2, t_high=0.8, t_min=0.05, t_max=0.95, step=0.007, min_gray=900)
+    by_config = confidence_trimap(logits, custom)
+    assert torch.equal(by_config, confidence_trimap(logits, **dataclasses.asdict(custom)))
+    assert torch.equal(by_config, confidence_trimap(logits, TrimapConfig(min_gray=5), **dataclasses.asdict(custom)))
+    assert torch.equal(by_config, trimap_reference(logits, config=custom))
+    assert not torch.equal(by_config, confidence_trimap(logits))  # the custom thresholds matter here
+    steps = trimap_thresholds(logits, custom)[2]
+    assert torch.equal(steps, trimap_thresholds(logits, TrimapConfig(min_gray=900), step=0.007, t_low=0.2,
+                                                t_high=0.8, t_min=0.05, t_max=0.95)[2])
+    with pytest.raises(TypeError, match="t_lo"):
+        confidence_trimap(logits, t_lo=0.2)
+
+
 def test_output_values_shape_device() -> None:
     logits = torch.randn(2, 1, 40, 30) * 5
     got = confidence_trimap(logits, min_gray=200)
@@ -218,8 +247,9 @@ def test_float32_comparison_rounds_the_threshold_to_float32() -> None:
     assert just_below_09.item() < 0.9
     assert bool(just_below_09 >= 0.9)
     probs = torch.full((1, 1, 2, 2), just_below_09.item())
-    assert _trimap_from_probs(probs, 0, **PAPER).unique().tolist() == [255]
-    assert _trimap_from_probs(probs.double(), 0, **PAPER).unique().tolist() == [128]  # float64: exact 0.9
+    assert _trimap_from_probs(probs, TrimapConfig(min_gray=0, **PAPER)).unique().tolist() == [255]
+    exact = _trimap_from_probs(probs.double(), TrimapConfig(min_gray=0, **PAPER))
+    assert exact.unique().tolist() == [128]  # float64: exact 0.9
 
 
 def test_nan_probabilities_are_gray() -> None:

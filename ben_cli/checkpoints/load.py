@@ -1,11 +1,21 @@
 """Safe checkpoint reading, strict loading with a readable report, and saving.
 
-Accepted files:
+Accepted files (recognised by their content, whatever their suffix):
 - the official ``.pth`` (``{"model_state_dict": ...}``) and bare state dicts,
 - ``.safetensors`` with the official keys or ours,
-- our own checkpoints, which also store the model config (``.pth``:
-  ``{"format": "ben_cli", "config": ..., "model": ...}``; ``.safetensors``: the
-  config as JSON in the metadata), so that the file alone rebuilds the model.
+- our own checkpoints, which describe themselves: ``format`` ("ben_cli"),
+  ``version`` (:data:`FORMAT_VERSION`), ``arch`` (a key of
+  :data:`ben_cli.models.registry.ARCHS`), the model config and free ``metadata``
+  (training step, source, metrics, ...), so that the file alone rebuilds the
+  model. ``.pth``: one dict ``{"format", "version", "arch", "config",
+  "metadata", "model"}``; ``.safetensors``: string metadata entries
+  ``format``, ``version``, ``arch``, ``ben_cli_config`` (JSON) and
+  ``ben_cli_metadata`` (JSON).
+
+Files of the first release (version 1: ``.safetensors`` with only
+``ben_cli_config``; ``.pth`` ``{"format": "ben_cli", "config", "model"}`` plus
+any ``extra`` entries) read as arch "base", version 1, their extra entries as
+metadata. Official and bare files read as arch "base", version 0.
 
 Only safe loaders are used: safetensors, or ``torch.load(weights_only=True)``.
 """
@@ -13,8 +23,11 @@ Only safe loaders are used: safetensors, or ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,63 +35,211 @@ import torch
 from torch import nn
 
 from ben_cli.checkpoints.convert import convert_official, is_official
-from ben_cli.config import BenConfig
 from ben_cli.errors import CheckpointError
 
-CONFIG_META_KEY = "ben_cli_config"
+FORMAT = "ben_cli"
+FORMAT_VERSION = 2
+CONFIG_META_KEY = "ben_cli_config"  # safetensors metadata: the config as JSON (since version 1)
+METADATA_META_KEY = "ben_cli_metadata"  # safetensors metadata: the free metadata as JSON (since version 2)
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
+_PTH_KEYS = frozenset({"format", "version", "arch", "config", "metadata", "model"})
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A state dict in our layout and the config stored with it (None for official files)."""
+    """A state dict in our layout and what the file says about it.
+
+    ``config``: the stored model config (None for official and bare files);
+    ``official``: the tensors were in the official layout (converted on reading);
+    ``arch``: architecture name ("base" for files that do not say);
+    ``metadata``: free entries saved with the weights (empty when none);
+    ``version``: our format version (0: not written by ben, 1: first release).
+    """
 
     state_dict: dict[str, torch.Tensor]
-    config: BenConfig | None
-    official: bool
+    config: Any = None
+    official: bool = False
+    arch: str = "base"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+
+
+# --------------------------------------------------------------------------- reading
+
+
+_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf", "a 7-zip archive"),
+    (b"\x89HDF", "an HDF5 file (Keras?)"),
+    (b"\x93NUMPY", "a NumPy array file"),
+)
+
+
+def _sniff(path: Path) -> str:
+    """'zip', 'pickle' or 'safetensors' by the file's first bytes, else a short description."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) > 8 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
+    for magic, what in _MAGICS:
+        if head.startswith(magic):
+            return what
+    if head[8:12] in (b"WEBP", b"AVI ", b"WAVE") or head[4:8] == b"ftyp":
+        return "an image or media file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised content"
+    return "a text file" if all(c.isprintable() or c in "\t\r\n" for c in text) else "unrecognised content"
+
+
+def _not_a_checkpoint(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a checkpoint ({reason})")
+
+
+def _torch_load(path: Path, kind: str) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors."""
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise CheckpointError(f"{path}: cannot read checkpoint: damaged or truncated file "
+                                  "(its zip directory is unreadable)") from None
+        if not any(n.endswith("data.pkl") for n in names):
+            raise _not_a_checkpoint(path, "a zip archive without PyTorch data")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _load_error(path, e) from None
+
+
+def _load_error(path: Path, e: Exception) -> CheckpointError:
+    """One line for what ``torch.load(weights_only=True)`` refused (its messages span many lines)."""
+    text = str(e)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return CheckpointError(
+            f"{path}: cannot read checkpoint: it stores Python objects ({refused[1]}) that safe loading "
+            "(torch.load(weights_only=True)) refuses; re-save its tensors where you trust the file"
+        )
+    if isinstance(e, EOFError) or "truncated" in text or "central directory" in text or "failed reading" in text:
+        return CheckpointError(f"{path}: cannot read checkpoint: damaged or truncated file")
+    if "Unsupported operand" in text or isinstance(e, (KeyError, pickle.UnpicklingError)):
+        return _not_a_checkpoint(path, "a Python pickle that is not a PyTorch weights file")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return CheckpointError(f"{path}: cannot read checkpoint ({first[:200]})")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint: damaged safetensors file ({first[:200]})") from None
+
+
+def _unwrap(obj: Any) -> Any:
+    """Follow ``model_state_dict`` / ``state_dict`` / ``model`` wrappers down to the tensors."""
+    while isinstance(obj, dict):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    return obj
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file safely and convert it to our key layout."""
+    """Read a checkpoint file safely, convert official keys to ours, and parse what it says about itself.
+
+    Raises CheckpointError (one line) for missing, foreign, damaged or unsafe
+    files, unknown architectures, newer format versions and bad configs.
+    """
+    from ben_cli.models.registry import UnknownArchError, get_arch
+
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    config_dict: dict[str, Any] | None = None
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            sd: Any = load_file(str(path))
-            if CONFIG_META_KEY in meta:
-                config_dict = json.loads(meta[CONFIG_META_KEY])
+    kind = _sniff(path)
+    ours, version, arch_name = False, 0, "base"
+    config_dict: Any = None
+    metadata: dict[str, Any] = {}
+    if kind == "safetensors":
+        sd, meta = _read_safetensors(path)
+        if meta.get("format") == FORMAT or CONFIG_META_KEY in meta:
+            ours, arch_name = True, meta.get("arch", "base")
+            try:
+                version = int(meta.get("version", 1))
+                config_dict = json.loads(meta[CONFIG_META_KEY]) if CONFIG_META_KEY in meta else None
+                metadata = json.loads(meta[METADATA_META_KEY]) if METADATA_META_KEY in meta else {}
+            except ValueError as e:
+                raise CheckpointError(f"{path}: damaged ben_cli metadata ({e})") from None
+    elif kind in ("zip", "pickle"):
+        obj = _torch_load(path, kind)
+        if isinstance(obj, dict) and obj.get("format") == FORMAT:
+            ours, version, arch_name = True, obj.get("version", 1), obj.get("arch", "base")
+            config_dict = obj.get("config")
+            stored = obj.get("metadata") or {}
+            if not isinstance(stored, dict):
+                raise CheckpointError(f"{path}: damaged ben_cli metadata (not a dict)")
+            metadata = {k: v for k, v in obj.items() if k not in _PTH_KEYS}  # version 1's ``extra`` entries
+            metadata.update(stored)
+            sd = obj.get("model")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict) and obj.get("format") == "ben_cli":
-                config_dict = obj.get("config")
-            sd = obj
-            while isinstance(sd, dict):
-                inner = next((sd[k] for k in _WRAPPER_KEYS if isinstance(sd.get(k), dict)), None)
-                if inner is None:
-                    break
-                sd = inner
-    except CheckpointError:
-        raise
-    except Exception as e:  # pickle refusals, truncated files, bad headers
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint ({msg})") from None
+            sd = _unwrap(obj)
+    else:
+        raise _not_a_checkpoint(path, kind)
+
+    if ours:
+        if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint format version {version!r} is not readable by this ben "
+                                  f"(it reads versions 1 to {FORMAT_VERSION}); upgrade ben")
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{path}: damaged ben_cli metadata (not a dict)")
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
-    official = is_official(sd)
+        raise _not_a_checkpoint(path, "no state dict of tensors in it")
+    try:
+        arch = get_arch(str(arch_name))
+    except UnknownArchError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+    official = arch.name == "base" and is_official(sd)  # the official layout exists only for BEN Base
     if official:
         try:
             sd = convert_official(sd)
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
-    config = BenConfig.from_dict(config_dict) if config_dict else None
-    return Checkpoint(dict(sd), config, official)
+    config = None
+    if config_dict:
+        try:
+            config = arch.config_from_dict(config_dict)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{path}: bad {arch.name!r} config in the checkpoint ({e})") from None
+    return Checkpoint(dict(sd), config, official, arch.name, dict(metadata), version)
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def state_dict_report(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
@@ -114,53 +275,139 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(state_dict, strict=True)
 
 
-def build_from_checkpoint(ckpt: Checkpoint, config: BenConfig | str | None = None, source: str = ""):
-    """Build the model a checkpoint describes (or ``config``) and load it strictly; eval mode."""
-    from ben_cli.models.registry import DEFAULT_MODEL, build_model
+def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = "") -> nn.Module:
+    """Build the network a checkpoint describes and load it strictly; eval mode.
 
-    cfg = config or ckpt.config or DEFAULT_MODEL
-    model = build_model(cfg)
+    The file's own config and arch win. ``config`` (a registry model name or a
+    config object) is used only when the file stores no config (official and
+    bare files); without either, arch "base" uses the default model's config.
+    """
+    from ben_cli.models.registry import DEFAULT_MODEL, UnknownArchError, arch_for_config, get_arch, get_entry
+
+    where = f"{source}: " if source else ""
+    try:
+        arch = get_arch(ckpt.arch)
+    except UnknownArchError as e:
+        raise CheckpointError(f"{where}{e}") from None
+    cfg = ckpt.config
+    if cfg is None:
+        if config is None and arch.name != "base":
+            raise CheckpointError(f"{where}the {arch.name!r} checkpoint stores no config; name its model")
+        chosen = DEFAULT_MODEL if config is None else config
+        cfg = get_entry(chosen).config if isinstance(chosen, str) else chosen
+        try:
+            cfg_arch = arch_for_config(cfg).name
+        except UnknownArchError as e:
+            raise CheckpointError(f"{where}{e}") from None
+        if cfg_arch != arch.name:
+            raise CheckpointError(f"{where}the checkpoint holds a {arch.name!r} network, "
+                                  f"not the {cfg_arch!r} network of {chosen if isinstance(chosen, str) else 'config'}")
+    model = arch.build(cfg)
     load_state_dict_strict(model, ckpt.state_dict, source)
     return model.eval()
 
 
-def load_model(path: str | Path | None = None, *, config: BenConfig | str | None = None,
-               device: str | torch.device = "cpu"):
-    """One-line loader: ``load_model("BEN2_Base.pth")`` -> BenBase in eval mode on ``device``."""
-    from ben_cli.checkpoints.weights import find_weights
+def load_model(path: str | Path | None = None, *, model: str | None = None, config: Any = None,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """One-line loader: ``load_model("BEN2_Base.pth")`` -> the network in eval mode on ``device``.
 
-    path = find_weights(path)
-    model = build_from_checkpoint(read_checkpoint(path), config, str(path))
-    return model.to(device)
+    ``path`` may be a file or a folder; ``None`` searches the usual places for
+    ``model``'s official file (default ben2-base) and downloads it if missing.
+    ``config`` (a model name or config) is used for files that store none; it
+    defaults to ``model``.
+    """
+    from ben_cli.checkpoints.weights import find_weights
+    from ben_cli.models.registry import DEFAULT_MODEL
+
+    path = find_weights(path, model or DEFAULT_MODEL)
+    net = build_from_checkpoint(read_checkpoint(path), config if config is not None else model, str(path))
+    return net.to(device)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _check_storable(value: Any, where: str, tensors: bool) -> None:
+    """Raise ValueError unless ``value`` is JSON-like (plus tensors when ``tensors``)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if tensors and isinstance(value, torch.Tensor):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_storable(v, f"{where}[{i}]", tensors)
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"metadata{where}: keys must be strings, got {k!r}")
+            _check_storable(v, f"{where}[{k!r}]", tensors)
+        return
+    kinds = "JSON types (dict, list, str, int, float, bool, None)" + (" or tensors" if tensors else "")
+    raise ValueError(f"metadata{where}: a {type(value).__name__} cannot be stored; use {kinds}")
+
+
+def storable_metadata(metadata: Mapping[str, Any], suffix: str = ".safetensors") -> tuple[dict[str, Any], list[str]]:
+    """Split ``metadata`` into what a ``suffix`` file can store and the names of the rest
+    (``.safetensors``: JSON only; ``.pth``: JSON and tensors)."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for k, v in metadata.items():
+        try:
+            _check_storable({k: v}, "", tensors=suffix != ".safetensors")
+            kept[k] = v
+        except ValueError:
+            dropped.append(k)
+    return kept, dropped
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, *, official_keys: bool = False,
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Write the model's weights and config atomically (``.safetensors`` or ``.pth`` by suffix).
+                    metadata: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the model's weights, arch, config and ``metadata`` atomically (``.safetensors`` or ``.pth``).
 
-    ``official_keys=True`` writes the official layout (readable by the official code);
-    ``extra`` (``.pth`` only) adds entries such as optimizer state or the step.
+    ``metadata``: JSON-like values (``.pth`` also accepts tensors), read back as
+    :attr:`Checkpoint.metadata`; ValueError names a value that cannot be stored.
+    ``extra`` is the first release's name for it (merged, ``metadata`` wins).
+    ``official_keys=True`` writes the official key layout (arch "base" only); as
+    ``.pth`` it is exactly the official file (``{"model_state_dict": ...}``), so it
+    takes no metadata.
     """
     from ben_cli.checkpoints.convert import to_official
     from ben_cli.io import atomic_write_bytes
+    from ben_cli.models.registry import arch_of
 
     path = Path(path)
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    arch = arch_of(model)
+    meta = {**(extra or {}), **(metadata or {})}
+    safetensors = path.suffix == ".safetensors"
+    _check_storable(meta, "", tensors=not safetensors)
+    if official_keys and arch != "base":
+        raise ValueError(f"the official key layout exists only for arch 'base', not {arch!r}")
+    if official_keys and not safetensors and meta:
+        raise ValueError("an official-layout .pth holds only model_state_dict; save metadata in .safetensors")
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if official_keys:
         sd = to_official(sd)
     config = getattr(model, "config", None)
-    cfg_json = json.dumps(config.to_dict()) if config is not None else None
-    if path.suffix == ".safetensors":
+    cfg_dict = config.to_dict() if config is not None else None
+    if safetensors:
         from safetensors.torch import save
 
-        data = save(sd, metadata={CONFIG_META_KEY: cfg_json} if cfg_json else None)
+        header = {"format": FORMAT, "version": str(FORMAT_VERSION), "arch": arch}
+        if cfg_dict is not None:
+            header[CONFIG_META_KEY] = json.dumps(cfg_dict)
+        if meta:
+            header[METADATA_META_KEY] = json.dumps(meta)
+        data = save(sd, metadata=header)
     else:
         import io
 
         obj: dict[str, Any] = {"model_state_dict": sd} if official_keys else {
-            "format": "ben_cli", "config": json.loads(cfg_json) if cfg_json else None, "model": sd,
+            "format": FORMAT, "version": FORMAT_VERSION, "arch": arch,
+            "config": json.loads(json.dumps(cfg_dict)) if cfg_dict is not None else None,
+            "metadata": meta, "model": sd,
         }
-        obj.update(extra or {})
         buf = io.BytesIO()
         torch.save(obj, buf)
         data = buf.getvalue()

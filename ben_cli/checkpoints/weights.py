@@ -1,13 +1,26 @@
-"""Finding checkpoint files: explicit path, $BEN_WEIGHTS, ./weights/, the user
-cache, then a download of the official file from the Hugging Face Hub."""
+"""Finding a model's checkpoint file: explicit path (a file or a folder), $BEN_WEIGHTS,
+./weights/, the user cache, then a download of the model's official file from the
+Hugging Face Hub.
+
+Each registry model has its own official file (``ben2-base``: ``BEN2_Base.pth``,
+``ben-base``: ``BEN_Base.pth``); the search looks for that file and its
+``.safetensors`` conversion, never for another model's file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ben_cli.errors import WeightsNotFoundError
-from ben_cli.models.registry import DEFAULT_MODEL, get_entry
+from ben_cli.models.registry import DEFAULT_MODEL, MODELS, ModelEntry, get_entry
+
+CHECKPOINT_SUFFIXES = (".pth", ".safetensors", ".pt")
+ETAG_TIMEOUT_S = 5.0  # the Hub's metadata request; offline, the download fails after one such try
 
 
 def cache_dir() -> Path:
@@ -18,71 +31,167 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "ben"
 
 
-def _candidates(filename: str) -> list[tuple[str, Path]]:
-    """(where, path) for the official file and its .safetensors conversion, ./weights/ first."""
-    names = [filename, f"{Path(filename).stem}.safetensors"]
+def file_names(model: str = DEFAULT_MODEL) -> list[str]:
+    """The file names that hold ``model``: its official file, then the .safetensors conversion (none for tiny)."""
+    entry = get_entry(model)
+    return [entry.filename, f"{Path(entry.filename).stem}.safetensors"] if entry.filename else []
+
+
+def _candidates(model: str) -> list[tuple[str, Path]]:
+    """(where, path) for the model's files in ./weights/, then in the cache."""
+    names = file_names(model)
     return [(where, d / n) for where, d in (("weights/", Path.cwd() / "weights"), ("cache", cache_dir()))
             for n in names]
 
 
 def search_locations(model: str = DEFAULT_MODEL) -> list[tuple[str, Path]]:
     """(where, path) pairs in search order, for ``ben weights`` and error messages."""
-    entry = get_entry(model)
+    get_entry(model)
     out: list[tuple[str, Path]] = []
     env = os.environ.get("BEN_WEIGHTS")
     if env:
         out.append(("$BEN_WEIGHTS", Path(env).expanduser()))
-    if entry.filename:
-        out += _candidates(entry.filename)
-    return out
+    return out + _candidates(model)
 
 
 def find_weights(explicit: str | Path | None = None, model: str = DEFAULT_MODEL, *,
                  download: bool = True) -> Path:
-    """The checkpoint to use: ``explicit``, $BEN_WEIGHTS, ./weights/, cache, else download.
+    """The checkpoint of ``model`` to use: ``explicit``, $BEN_WEIGHTS, ./weights/, cache, else download.
 
-    Raises WeightsNotFoundError (one line: which file, where to put it).
+    ``explicit`` and $BEN_WEIGHTS may name a folder: the model's file is looked
+    for inside it (see :func:`find_in_folder`). Raises WeightsNotFoundError (one
+    line: which file, where it was looked for, where to put it) and
+    UnknownModelError (a UsageError) for a model the registry does not know.
     """
+    entry = get_entry(model)
     if explicit is not None:
-        p = Path(explicit).expanduser()
-        if not p.is_file():
-            raise WeightsNotFoundError(f"weights file not found: {p}")
-        return p
+        return _resolve_given(Path(explicit).expanduser(), model, "weights file not found")
     env = os.environ.get("BEN_WEIGHTS")
     if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise WeightsNotFoundError(f"$BEN_WEIGHTS points to a missing file: {p}")
-        return p
-    entry = get_entry(model)
+        return _resolve_given(Path(env).expanduser(), model, "$BEN_WEIGHTS points to a missing file")
     if entry.filename is None:
-        raise WeightsNotFoundError(f"model {model!r} has no official checkpoint; pass --weights")
-    for _, p in _candidates(entry.filename):
+        raise WeightsNotFoundError(f"model {model!r} has no official checkpoint file; pass --weights PATH "
+                                   "(or set $BEN_WEIGHTS)")
+    for _, p in _candidates(model):
         if p.is_file():
             return p
     if download:
         return download_weights(model)
-    raise WeightsNotFoundError(_missing_message(entry.filename))
+    raise WeightsNotFoundError(_missing_message(entry))
 
 
-def _missing_message(filename: str) -> str:
-    return (f"{filename} not found: put it in ./weights/ or {cache_dir()}, or pass --weights PATH "
+def _resolve_given(p: Path, model: str, missing: str) -> Path:
+    if p.is_dir():
+        return find_in_folder(p, model)
+    if not p.is_file():
+        raise WeightsNotFoundError(f"{missing}: {p}")
+    return p
+
+
+def find_in_folder(folder: Path, model: str = DEFAULT_MODEL) -> Path:
+    """``model``'s checkpoint inside ``folder`` (not recursive).
+
+    Looks for the model's own file names (``BEN_Base.pth``, ``BEN_Base.safetensors``);
+    failing that, the folder's only checkpoint file (``.pth``, ``.safetensors``,
+    ``.pt``), unless it is another registry model's official file.
+    WeightsNotFoundError names what was looked for otherwise.
+    """
+    names = file_names(model)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    others = {Path(n).stem.lower() for m in MODELS if m != model for n in file_names(m)}
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()
+                       and not p.name.startswith("."))
+    except OSError as e:
+        raise WeightsNotFoundError(f"{folder}: cannot list the folder ({e.strerror or e})") from None
+    usable = [p for p in files if p.stem.lower() not in others]
+    if len(usable) == 1:
+        return usable[0]
+    wanted = f"{' or '.join(names)}, or a single checkpoint file" if names else "a single checkpoint file"
+    if not files:
+        found = "no .pth, .safetensors or .pt file there"
+    elif not usable:
+        found = f"only other models' files: {', '.join(p.name for p in files)}"
+    else:
+        shown = ", ".join(p.name for p in usable[:5]) + (", ..." if len(usable) > 5 else "")
+        found = f"{len(usable)} candidates: {shown}; pass the file"
+    raise WeightsNotFoundError(f"{folder}: looked for {wanted} of model {model!r}; {found}")
+
+
+def _missing_message(entry: ModelEntry) -> str:
+    return (f"{entry.filename} not found: put it in ./weights/ or {cache_dir()}, or pass --weights PATH "
             f"(or set $BEN_WEIGHTS)")
 
 
+_HUB_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fail_fast_hub() -> Iterator[None]:
+    """While downloading: no retry loop when the Hub cannot be reached, and no retry chatter.
+
+    huggingface_hub retries a failed metadata request with back-off (about 25 s
+    offline, each try logged as a warning). Its retry-on-network-error list is
+    emptied for the call (when this version has it), and its log is limited to
+    errors; both are restored afterwards. Progress bars of a real download stay.
+    """
+    with _HUB_LOCK:
+        logger = logging.getLogger("huggingface_hub")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        fd = None
+        with contextlib.suppress(ImportError):
+            from huggingface_hub import file_download as fd
+        retry_on = getattr(fd, "_DEFAULT_RETRY_ON_EXCEPTIONS", None)
+        if retry_on is not None:
+            fd._DEFAULT_RETRY_ON_EXCEPTIONS = ()
+        try:
+            yield
+        finally:
+            if retry_on is not None:
+                fd._DEFAULT_RETRY_ON_EXCEPTIONS = retry_on
+            logger.setLevel(level)
+
+
+def _download_reason(e: Exception) -> str:
+    """A short reason for a failed download (the Hub's own messages span lines)."""
+    cause = e.__cause__ or e.__context__
+    names = {type(e).__name__, type(cause).__name__}
+    if "OfflineModeIsEnabled" in names:
+        return "offline mode is on ($HF_HUB_OFFLINE)"
+    name = type(e).__name__
+    if name in ("LocalEntryNotFoundError", "IncompleteSnapshotError"):
+        return "cannot reach the Hub" + (f": {_first_line(cause)}" if cause is not None and str(cause).strip() else "")
+    if name in ("RepositoryNotFoundError", "GatedRepoError", "RemoteEntryNotFoundError", "EntryNotFoundError"):
+        return f"{name}: not available on the Hub"
+    return f"{name}: {_first_line(e)}" if str(e).strip() else name
+
+
+def _first_line(e: BaseException, limit: int = 120) -> str:
+    line = str(e).strip().splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def download_weights(model: str = DEFAULT_MODEL) -> Path:
-    """Download the official checkpoint into the cache (with a progress bar)."""
+    """Download ``model``'s official checkpoint into the cache (with a progress bar); its path.
+
+    Offline, fails after one metadata request (:data:`ETAG_TIMEOUT_S` at most)
+    with WeightsNotFoundError saying which file is missing and where to put it.
+    """
     entry = get_entry(model)
     if not (entry.filename and entry.repo_id):
-        raise WeightsNotFoundError(f"model {model!r} has no downloadable checkpoint")
+        raise WeightsNotFoundError(f"model {model!r} has no downloadable checkpoint; pass --weights PATH")
     target = cache_dir()
     try:
-        from huggingface_hub import hf_hub_download
+        import huggingface_hub
 
-        path = hf_hub_download(entry.repo_id, entry.filename, local_dir=target)
+        with _fail_fast_hub():
+            path = huggingface_hub.hf_hub_download(entry.repo_id, entry.filename, local_dir=target,
+                                                   etag_timeout=ETAG_TIMEOUT_S)
     except Exception as e:
-        reason = type(e).__name__
         raise WeightsNotFoundError(
-            f"{_missing_message(entry.filename)}; download from {entry.repo_id} failed ({reason})"
+            f"{_missing_message(entry)}; download from {entry.repo_id} failed ({_download_reason(e)})"
         ) from None
     return Path(path)

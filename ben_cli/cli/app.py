@@ -1,16 +1,18 @@
 """The root ``ben`` command: registers subcommands and maps errors to exit codes.
 
-Exit codes: 0 all done, 1 some inputs failed, 2 nothing could run.
+Exit codes: 0 all done, 1 some inputs failed, 2 nothing could run, 130 Ctrl-C,
+143 SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
-from ben_cli.errors import BenError
+from ben_cli.errors import BenError, OptionError
 
 app = typer.Typer(
     name="ben",
@@ -20,6 +22,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ben_cli import __version__
+
+        print(f"ben {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Batch background removal with BEN (Background Erase Network)."""
 
 
 def _register() -> None:
@@ -35,8 +53,16 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
+    _show_warnings_as_lines()  # Pillow's filters are installed by the first read (io.configure_warnings)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
+    except OptionError as e:
+        _error(e.flag_message())
+        return e.exit_code
     except BenError as e:
         _error(str(e))
         return e.exit_code
@@ -44,18 +70,40 @@ def main(argv: list[str] | None = None) -> int:
         if e.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
             _error("interrupted")
         return e.exit_code
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort) as e:
+        signal_name = getattr(e, "signal_name", "SIGINT")
         _error("interrupted")
-        return 130
+        return 143 if signal_name == "SIGTERM" else 130
     except Exception as e:  # click usage errors and unexpected failures
         if isinstance(e, _usage_exceptions()):
             e.show()
             return 2
         if os.environ.get("BEN_DEBUG"):
             raise
-        _error(f"unexpected error: {type(e).__name__}: {e} (set BEN_DEBUG=1 for a traceback)")
+        _error(f"internal error: {type(e).__name__}: {e} (set BEN_DEBUG=1 for a traceback)")
         return 2
     return rc if isinstance(rc, int) else 0
+
+
+def _show_warnings_as_lines() -> None:
+    """``BenWarning``s become one ``ben: warning: ...`` line each; Pillow's noise is silenced."""
+    import warnings
+
+    from ben_cli.errors import BenWarning
+
+    original = warnings.showwarning
+    if getattr(original, "_ben", False):
+        return  # installed once per process
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BenWarning):
+            print(f"ben: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show._ben = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    warnings.filterwarnings("always", category=BenWarning)
 
 
 def _usage_exceptions() -> tuple[type[Exception], ...]:
@@ -72,7 +120,7 @@ def _usage_exceptions() -> tuple[type[Exception], ...]:
 
 
 def _error(msg: str) -> None:
-    print(f"ben: error: {msg}", file=sys.stderr)
+    print(f"ben: error: {msg}", file=sys.stderr, flush=True)
 
 
 def run() -> None:

@@ -10,16 +10,18 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ben_cli.cli import options as opt
 from ben_cli.errors import UsageError
+from ben_cli.options import Precision, Refiner
 
 if TYPE_CHECKING:
     from ben_cli.eval.evaluate import Evaluation
     from ben_cli.eval.metrics import Summary
+    from ben_cli.options import InferenceOptions
 
 
 class EvalProtocol(str, Enum):
@@ -30,6 +32,7 @@ class EvalProtocol(str, Enum):
 
 
 _OUT = "Output"
+_MODEL = "Model"  # the panel of the shared model options
 
 PredDirArg = Annotated[
     Path | None,
@@ -75,7 +78,8 @@ DataOpt = Annotated[
         "--data",
         metavar="DIR",
         help="Run the model over DIR/im and evaluate against DIR/gt (e.g. DIS-VD); "
-        "the options below apply to this mode.",
+        "the options of this panel apply to this mode only.",
+        rich_help_panel=_MODEL,
     ),
 ]
 SavePredOpt = Annotated[
@@ -84,11 +88,27 @@ SavePredOpt = Annotated[
         "--save-pred",
         metavar="DIR",
         help="Keep the predicted masks as DIR/<stem>.png (8-bit).",
+        rich_help_panel=_MODEL,
     ),
 ]
 
 
+_MODEL_FLAGS: dict[str, str] = {
+    "model": "--model",
+    "weights": "--weights",
+    "device": "--device",
+    "precision": "--precision",
+    "resolution": "--resolution",
+    "batch_size": "--batch-size",
+    "refiner": "--refiner",
+    "refiner_weights": "--refiner-weights",
+    "save_pred": "--save-pred",
+}
+"""The parameters that only apply with ``--data``, and their flags."""
+
+
 def eval_command(
+    ctx: typer.Context,
     pred_dir: PredDirArg = None,
     gt_dir: GtDirArg = None,
     protocol: ProtocolOpt = EvalProtocol.standard,
@@ -98,50 +118,45 @@ def eval_command(
     workers: WorkersOpt = None,
     quiet: opt.Quiet = False,
     data: DataOpt = None,
+    model: opt.Model = opt.ModelName("ben2-base"),
     weights: opt.Weights = None,
-    refiner: opt.Refiner = "none",
+    refiner: opt.RefinerOpt = Refiner.auto,
     refiner_weights: opt.RefinerWeights = None,
     save_pred: SavePredOpt = None,
     device: opt.Device = "auto",
-    precision: opt.Precision = "auto",
+    precision: opt.PrecisionOpt = Precision.auto,
     resolution: opt.Resolution = 1024,
     batch_size: opt.BatchSize = 4,
 ) -> None:
-    """Score masks with the nine metrics of the paper (max F, weighted F, E, S, MAE, Dice, IoU, BER, Acc).
+    """Score masks with the paper's nine metrics (max F, weighted F, E, S, MAE, Dice, IoU, BER, Acc), plus mean F.
 
-    Either PRED_DIR GT_DIR (masks paired by stem), or --data DIR to run the model
-    over DIR/im first. Results: a table on stderr; --json, --csv and --plot on request.
+    Either PRED_DIR GT_DIR (masks paired by stem; a file with an alpha channel is
+    read from its alpha), or --data DIR to run the model over DIR/im first.
+    Results: a table on stderr; --json, --csv and --plot on request.
     """
     from ben_cli.eval import evaluate as ev
 
-    model_options = {"weights": weights, "refiner": refiner, "refiner_weights": refiner_weights, "save_pred": save_pred}
-    _check_options(pred_dir, gt_dir, data, model_options, plot)
+    _check_options(pred_dir, gt_dir, data, _given(ctx, _MODEL_FLAGS), plot)
     proto = protocol.value
     if data is None:
         pairs = ev.pair_predictions(pred_dir, gt_dir)  # type: ignore[arg-type]  # checked above
         evaluation = ev.evaluate_pairs(pairs, protocol=proto, workers=workers, progress=not quiet)
     else:
-        from ben_cli.pipeline import check_refiner, check_resolution
-
-        check_resolution(resolution)
-        check_refiner(refiner, refiner_weights)
+        options = opt.inference_options(
+            model=model,
+            weights=weights,
+            device=device,
+            precision=precision,
+            resolution=resolution,
+            batch_size=batch_size,
+            refiner=refiner,
+            refiner_weights=refiner_weights,
+        )
         evaluation = _run_model(
-            data,
-            protocol=proto,
-            workers=workers,
-            progress=not quiet,
-            save_pred=save_pred,
-            eraser_options={
-                "weights": weights,
-                "device": device,
-                "precision": precision,
-                "resolution": resolution,
-                "batch_size": batch_size,
-                "refiner": refiner,
-                "refiner_weights": refiner_weights,
-            },
+            data, options, protocol=proto, workers=workers, progress=not quiet, save_pred=save_pred
         )
 
+    _warn_undefined(evaluation)
     if not quiet:
         _print_table(evaluation.summary)
     if csv_file is not None:
@@ -153,14 +168,27 @@ def eval_command(
         sys.stdout.flush()
 
 
+def _given(ctx: typer.Context, flags: dict[str, str]) -> list[str]:
+    """The flags of ``flags`` set on the command line or from the environment (not defaults)."""
+    given = []
+    for name, flag in flags.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.append(flag)
+    return given
+
+
 def _check_options(
     pred_dir: Path | None,
     gt_dir: Path | None,
     data: Path | None,
-    model_options: dict[str, Any],
+    model_flags: list[str],
     plot: Path | None,
 ) -> None:
-    """Raise UsageError for a combination of arguments that cannot run."""
+    """Raise UsageError for a combination of arguments that cannot run.
+
+    ``model_flags``: the model flags the user gave, which need ``--data``.
+    """
     if data is not None:
         if pred_dir is not None or gt_dir is not None:
             raise UsageError("give either PRED_DIR GT_DIR or --data DIR, not both")
@@ -170,26 +198,20 @@ def _check_options(
     else:
         if pred_dir is None or gt_dir is None:
             raise UsageError("give PRED_DIR and GT_DIR (or --data DIR to run the model over DIR/im)")
-        defaults = {"refiner": "none"}
-        given = [
-            "--" + name.replace("_", "-")
-            for name, value in model_options.items()
-            if value is not None and value != defaults.get(name)
-        ]
-        if given:
-            raise UsageError(f"{', '.join(given)} only apply with --data DIR")
+        if model_flags:
+            raise UsageError(f"{', '.join(model_flags)} only apply with --data DIR")
     if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--plot wants a .png, .pdf or .svg file, got {plot.name}")
 
 
 def _run_model(
     data: Path,
+    options: InferenceOptions,
     *,
     protocol: str,
     workers: int | None,
     progress: bool,
     save_pred: Path | None,
-    eraser_options: dict[str, Any],
 ) -> Evaluation:
     """Predict masks for DATA/im with an Eraser and evaluate them against DATA/gt."""
     import tempfile
@@ -198,10 +220,10 @@ def _run_model(
     from ben_cli.pipeline import Eraser
 
     items = ev.match_stems(data / "im", data / "gt", labels=("image", "ground truth"))
-    eraser = Eraser.from_options(**eraser_options)
+    eraser = Eraser.from_options(options)
     with tempfile.TemporaryDirectory(prefix="ben-eval-") as tmp:
         out_dir = save_pred if save_pred is not None else Path(tmp)
-        preds = ev.predict_to_dir(eraser, items, out_dir, batch_size=eraser_options["batch_size"])
+        preds = ev.predict_to_dir(eraser, items, out_dir, batch_size=options.batch_size)
         return ev.evaluate_pairs(
             preds,
             protocol=protocol,
@@ -236,20 +258,42 @@ _BEN_LABELS: dict[str, str] = {
 
 
 def _print_table(summary: Summary) -> None:
-    """The metrics as a Rich table on stderr."""
+    """The metrics as a Rich table on stderr: the paper's nine, then (below a rule) mean F."""
     from rich.table import Table
 
     from ben_cli.eval.metrics import EXTRA_KEYS, HIGHER_IS_BETTER, METRIC_KEYS
 
-    table = Table(title=f"ben eval: {summary.count} pairs, protocol {summary.protocol}", title_justify="left")
+    title = (
+        f"ben eval: {summary.count} pairs, protocol {summary.protocol}: "
+        "the paper's nine metrics, plus mean F"
+    )
+    table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("key", style="dim")
     table.add_column("value", justify="right")
     labels = {**_LABELS, **_BEN_LABELS} if summary.protocol == "ben" else _LABELS
-    for key in METRIC_KEYS + EXTRA_KEYS:
-        arrow = "↑" if HIGHER_IS_BETTER[key] else "↓"
-        table.add_row(f"{labels[key]} {arrow}", key, f"{summary.metrics[key]:.4f}")
+    for keys in (METRIC_KEYS, EXTRA_KEYS):
+        if keys is EXTRA_KEYS:
+            table.add_section()
+        for key in keys:
+            arrow = "↑" if HIGHER_IS_BETTER[key] else "↓"
+            table.add_row(f"{labels[key]} {arrow}", key, f"{summary.metrics[key]:.4f}")
     opt.stderr_console().print(table)
+
+
+_LISTED = 8  # files named in one warning line before "... and N more"
+
+
+def _warn_undefined(evaluation: Evaluation) -> None:
+    """One warning line per metric that is NaN for some pairs, naming their ground-truth files."""
+    for key, found in evaluation.undefined().items():
+        shown = [f"{pair.gt}: {reason}" for pair, reason in found[:_LISTED]]
+        more = f"; ... and {len(found) - _LISTED} more (see --csv)" if len(found) > _LISTED else ""
+        like = " as in the authors' script" if evaluation.summary.protocol == "ben" else ""
+        opt.print_warning(
+            f"{key} is NaN for {len(found)} of {len(evaluation.pairs)} pairs, so its mean is NaN{like}; "
+            f"{'; '.join(shown)}{more}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,26 +1,69 @@
-"""Options shared by several commands, declared once as ``Annotated`` aliases."""
+"""Options shared by several commands, declared once as ``Annotated`` aliases.
+
+Flags that take no value have an empty metavar, so ``--help`` shows no value for them.
+
+Choices are Enums so ``--help`` lists them; values are validated once, by
+:class:`ben_cli.options.InferenceOptions`, which each command builds with
+:func:`inference_options`.
+"""
 
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ben_cli.models.registry import MODELS
+from ben_cli.options import Precision, Refiner
+
+ModelName = Enum("ModelName", {name.replace("-", "_"): name for name in MODELS}, type=str)  # type: ignore[misc]
+"""The registry's model names, as an Enum for typer."""
+
+_MODEL = "Model"
+
+Model = Annotated[
+    ModelName,
+    typer.Option("--model", "-m", help="Network and its official checkpoint: ben2-base (BEN2_Base.pth), "
+                 "ben-base (the paper's BEN_Base.pth), tiny (tests).", rich_help_panel=_MODEL),
+]
 Weights = Annotated[
     Path | None,
-    typer.Option("--weights", "-w", help="Checkpoint (.pth or .safetensors). Default: $BEN_WEIGHTS, "
-                 "./weights/, the cache, else download BEN2_Base.pth.", show_default=False),
+    typer.Option("--weights", "-w", metavar="PATH", show_default=False, rich_help_panel=_MODEL,
+                 help="Checkpoint file (.pth or .safetensors), or a folder holding it. Default: $BEN_WEIGHTS, "
+                 "./weights/, the cache, else download the model's official file."),
 ]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-Precision = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
-Resolution = Annotated[int, typer.Option("--resolution", help="Model input side, a multiple of 128.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
-Refiner = Annotated[str, typer.Option("--refiner", help="auto, net, matting or none (only none so far).")]
-RefinerWeights = Annotated[Path | None, typer.Option("--refiner-weights", help="Refiner checkpoint.",
-                                                     show_default=False)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")]
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", rich_help_panel=_MODEL,
+                                     help="auto, cpu, cuda, cuda:N or mps (a missing device is an error).")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA and MPS, fp32 on the CPU "
+                                                 "(fp16/bf16 on the CPU are slow).", rich_help_panel=_MODEL)]
+Resolution = Annotated[int, typer.Option("--resolution", metavar="N", rich_help_panel=_MODEL,
+                                         help="Model input side: a multiple of 128, at least 256.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", rich_help_panel=_MODEL,
+                                        help="Images per forward pass (at least 1).")]
+RefinerOpt = Annotated[Refiner, typer.Option("--refiner", help="What re-estimates the trimap's gray band: auto "
+                                             "(the best available), net, matting, none.", rich_help_panel=_MODEL)]
+RefinerWeights = Annotated[Path | None, typer.Option("--refiner-weights", metavar="PATH", show_default=False,
+                                                     help="Refiner network checkpoint.", rich_help_panel=_MODEL)]
+Compile = Annotated[bool, typer.Option("--compile", metavar="", rich_help_panel=_MODEL,
+                                       help="torch.compile the model: minutes to compile, then faster; for long runs.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar and no summary.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", metavar="", help="Redo outputs that already exist.")]
+
+
+def inference_options(*, model: ModelName | str = "ben2-base", weights: Path | None = None, device: str = "auto",
+                      precision: Precision | str = Precision.auto, resolution: int = 1024, batch_size: int = 4,
+                      refiner: Refiner | str = Refiner.auto, refiner_weights: Path | None = None,
+                      compile: bool = False):
+    """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags."""
+    from ben_cli.options import InferenceOptions
+
+    name = model.value if isinstance(model, Enum) else model
+    return InferenceOptions(model=name, weights=weights, device=device, precision=precision,
+                            resolution=resolution, batch_size=batch_size, refiner=refiner,
+                            refiner_weights=refiner_weights, compile=compile)
 
 
 def stderr_console(quiet: bool = False):
@@ -33,3 +76,8 @@ def stderr_console(quiet: bool = False):
 def print_error(message: str) -> None:
     """One line on stderr, prefixed like the root error handler."""
     print(f"ben: {message}", file=sys.stderr, flush=True)
+
+
+def print_warning(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"ben: warning: {message}", file=sys.stderr, flush=True)

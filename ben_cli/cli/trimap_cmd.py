@@ -1,4 +1,4 @@
-"""``ben trimap IMAGE [OUTPUT]``: the confidence trimap (and an overlay picture) of one image."""
+"""``ben trimap IMAGE [OUTPUT]``: the confidence trimap (and an overlay picture) of images."""
 
 from __future__ import annotations
 
@@ -12,73 +12,65 @@ from ben_cli.errors import UsageError
 
 
 def trimap(
-    image: Annotated[str, typer.Argument(help="Image file, or - for stdin.")],
-    output: Annotated[str | None, typer.Argument(help="Output PNG (default <stem>.trimap.png beside the "
-                                                      "image), or - for stdout.", show_default=False)] = None,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <stem>.overlay.png: the image with "
-                                          "the gray band tinted, where the refiner will work.")] = False,
+    image: Annotated[str, typer.Argument(help="Image file, folder (walked recursively) or - for stdin.")],
+    output: Annotated[str | None, typer.Argument(help="A .png file (one image), a folder, or - for stdout. "
+                                                      "Default: <stem>.trimap.png beside each image.",
+                                                 show_default=False)] = None,
+    overlay: Annotated[bool, typer.Option("--overlay", metavar="", help="Also write <stem>.overlay.png: the image with "
+                                          "the gray band tinted, where the refiner works.")] = False,
+    model: opt.Model = opt.ModelName("ben2-base"),
     weights: opt.Weights = None,
     resolution: opt.Resolution = 1024,
+    batch_size: opt.BatchSize = 4,
     device: opt.Device = "auto",
-    precision: opt.Precision = "auto",
+    precision: opt.PrecisionOpt = opt.Precision.auto,
+    overwrite: opt.Overwrite = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Run BEN Base and write the confidence trimap (0 background, 128 unknown, 255 foreground)."""
-    import torch
+    from ben_cli.cli.erase import check_runnable, exit_for, make_plan, refuse_terminal_stdout, run_plan
+    from ben_cli.plan import STDIO
 
-    from ben_cli.errors import InputError
-    from ben_cli.io import encode_png, read_image, read_stdin_bytes, write_png, write_stdout_bytes
-    from ben_cli.pipeline import Eraser, check_resolution
-    from ben_cli.trimap import trimap_overlay
-
-    check_resolution(resolution)
-    if image == "-":
-        if output is None:
-            raise UsageError("with IMAGE '-' give OUTPUT (a .png path or -)")
-        source: str | bytes = read_stdin_bytes()
-        stem_base = Path("stdin.png")
-    else:
-        source = image
-        stem_base = Path(image)
-    if output is None:
-        out: Path | None = stem_base.with_name(f"{stem_base.stem}.trimap.png")
-    elif output == "-":
-        out = None
+    kinds = ("trimap", "overlay") if overlay else ("trimap",)
+    options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
+                                    resolution=resolution, batch_size=batch_size, refiner="none")
+    if image == STDIO and output is None:
+        raise UsageError("with IMAGE '-' (standard input) give OUTPUT: a .png file, or - for standard output")
+    if output == STDIO:
         if overlay:
-            raise UsageError("--overlay cannot be combined with OUTPUT '-'")
+            raise UsageError("--overlay cannot be combined with OUTPUT '-' (one PNG on stdout)")
+        refuse_terminal_stdout()
+    check_runnable(options)
+    one_image = image == STDIO or Path(image).is_file()
+    if one_image and output not in (None, STDIO) and not Path(output).is_dir():
+        if Path(output).suffix.lower() != ".png":
+            raise UsageError(f"OUTPUT must be a .png file or a folder: {output}")
+        plan = _single(image, Path(output), kinds)
     else:
-        out = Path(output)
-        if out.suffix.lower() != ".png":
-            raise UsageError(f"OUTPUT must be a .png file: {out}")
-    overlay_out = None
-    if overlay and out is not None:
-        stem = out.name[: -len(".trimap.png")] if out.name.endswith(".trimap.png") else out.stem
-        overlay_out = out.with_name(f"{stem}.overlay.png")
-    if image != "-":
-        _check_input(Path(image), [p for p in (out, overlay_out) if p is not None])
-    try:
-        loaded = read_image(source, name="<stdin>" if image == "-" else None)
-    except InputError as e:
-        opt.print_error(str(e))
-        raise typer.Exit(1) from None
-    eraser = Eraser.from_options(weights, device=device, precision=precision, resolution=resolution)
-    tri = eraser.predict([loaded.rgb], want_trimap=True)[0].trimap
-    if out is None:
-        write_stdout_bytes(encode_png(tri))
-        return
-    write_png(out, tri)
-    if overlay_out is not None:
-        rgb = torch.from_numpy(loaded.rgb).permute(2, 0, 1)[None]
-        pic = trimap_overlay(rgb, torch.from_numpy(tri)[None, None])[0].permute(1, 2, 0).contiguous().numpy()
-        write_png(overlay_out, pic)
+        plan = make_plan([image], output, kinds)
+    summary = run_plan(plan, options, overwrite=overwrite, workers=None, report=None,
+                       quiet=quiet or len(plan.jobs) == 1, no_bar=output == STDIO, title="ben trimap")
+    skipped = [r for r in summary.results if r.status == "skipped"]
+    if skipped and len(plan.jobs) == 1:
+        opt.print_error(f"{', '.join(skipped[0].outputs)} exists; use --overwrite to replace it")
+    exit_for(summary)
 
 
-def _check_input(image: Path, outputs: list[Path]) -> None:
-    """A missing IMAGE is a usage error (as for ``ben erase``); no output may replace it."""
-    from ben_cli.io import refuse_overwriting_input
+def _single(image: str, out: Path, kinds: tuple[str, ...]):
+    """One image (or ``-``) to an explicit .png: the trimap exactly there, the overlay beside it as
+    <stem>.overlay.png."""
+    from ben_cli.cli.erase import read_stdin
+    from ben_cli.io import STDIN_NAME, SUFFIX, refuse_overwriting_input
+    from ben_cli.plan import STDIO, Job, Plan
 
-    if not image.exists():
-        raise UsageError(f"input not found: {image}")
-    refuse_overwriting_input(outputs, image)
+    stem = out.name[: -len(SUFFIX["trimap"])] if out.name.endswith(SUFFIX["trimap"]) else out.stem
+    outputs: dict[str, Path | str] = {"trimap": out}
+    if "overlay" in kinds:
+        outputs["overlay"] = out.with_name(stem + SUFFIX["overlay"])
+    if image == STDIO:
+        return Plan([Job(STDIN_NAME, read_stdin(), outputs)])
+    refuse_overwriting_input([Path(p) for p in outputs.values()], Path(image))
+    return Plan([Job(image, Path(image), outputs)])
 
 
 def register(app: typer.Typer) -> None:

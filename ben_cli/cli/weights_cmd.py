@@ -1,71 +1,104 @@
-"""``ben weights``: list what is found, download the official files, convert .pth to .safetensors."""
+"""``ben weights``: where each model's checkpoint is found, downloads, and conversion to .safetensors."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ben_cli.cli.options import ModelName
+from ben_cli.models.registry import DEFAULT_MODEL
+
 weights_app = typer.Typer(help="Find, download and convert checkpoints.", no_args_is_help=False,
                           invoke_without_command=True)
 
-ModelName = Annotated[str, typer.Option("--model", "-m", help="ben2-base (BEN2_Base.pth) or ben-base (BEN_Base.pth).")]
+OneModel = Annotated[
+    ModelName | None,
+    typer.Option("--model", "-m", help="Only this model (default: every model).", show_default=False),
+]
+DownloadModel = Annotated[ModelName, typer.Option("--model", "-m", help="The model whose official file to fetch.")]
 
 
 @weights_app.callback()
 def weights_main(ctx: typer.Context) -> None:
-    """List where checkpoints are searched, in order, and which one would be used."""
+    """List, for each model, its file, where it is searched and which file would be used."""
     if ctx.invoked_subcommand is None:
-        list_weights()
+        list_weights(model=None)
 
 
 @weights_app.command("list")
-def list_weights(model: ModelName = "ben2-base") -> None:
-    """Where checkpoints are searched (in order) and which one would be used."""
-    from rich.console import Console
-    from rich.table import Table
+def list_weights(model: OneModel = None) -> None:
+    """For each model: its official file, the search locations in order, and the file that would be used.
 
+    The locations go to stderr. stdout: with --model, the path that would be used;
+    otherwise one `MODEL<TAB>PATH` line per model found. Exit 0 when the model
+    (with --model) or at least one model is found, 1 when none is. Never downloads.
+    """
     from ben_cli.checkpoints.weights import find_weights, search_locations
     from ben_cli.errors import WeightsNotFoundError
-    from ben_cli.models.registry import get_entry
+    from ben_cli.models.registry import MODELS
 
-    entry = get_entry(_check_model(model))
-    table = Table(title=f"{model}: {entry.filename} (from {entry.repo_id})")
-    table.add_column("order")
-    table.add_column("where")
-    table.add_column("path")
-    table.add_column("found")
-    for i, (where, path) in enumerate(search_locations(model), 1):
-        table.add_row(str(i), where, str(path), "yes" if path.is_file() else "")
-    console = Console(stderr=True)
-    console.print(table)
-    try:
-        chosen = find_weights(model=model, download=False)
-        print(chosen)
-    except WeightsNotFoundError as e:
-        console.print(f"none found ({e}); `ben weights download` fetches it", markup=False)
+    names = [model.value] if model is not None else list(MODELS)
+    found: dict[str, Path] = {}
+    lines: list[str] = []
+    for name in names:
+        entry = MODELS[name]
+        problem = ""
+        try:
+            found[name] = find_weights(model=name, download=False)
+        except WeightsNotFoundError as e:
+            problem = str(e)
+        used = found.get(name)
+        lines.append(f"{name}: {entry.filename} (from {entry.repo_id})" if entry.filename
+                     else f"{name}: no official file")
+        for i, (where, path) in enumerate(search_locations(name), 1):
+            inside = used is not None and path.is_dir() and used.parent == path  # $BEN_WEIGHTS is a folder
+            mark = "found" if path.is_file() else (f"found {used.name}" if inside else "")
+            if used == path or inside:
+                mark += ", used"
+            lines.append(f"  {i}. {where:<13} {path}" + (f"  <- {mark}" if mark else ""))
+        if used is not None:
+            lines.append(f"  uses {used}")
+        elif os.environ.get("BEN_WEIGHTS"):
+            lines.append(f"  none found: {problem}")
+        elif not entry.filename:
+            lines.append("  none found; pass --weights PATH (or set $BEN_WEIGHTS)")
+        else:
+            lines.append(f"  none found; `ben weights download -m {name}` fetches {entry.filename}")
+    print("\n".join(lines), file=sys.stderr)
+    for name, path in found.items():
+        print(path if model is not None else f"{name}\t{path}")
+    if not found:
+        raise typer.Exit(1)
 
 
 @weights_app.command("download")
-def download(model: ModelName = "ben2-base") -> None:
-    """Download the official checkpoint into the cache (prints its path)."""
+def download(model: DownloadModel = ModelName(DEFAULT_MODEL)) -> None:
+    """Download a model's official checkpoint into the cache (prints its path)."""
     from ben_cli.checkpoints.weights import download_weights
 
-    print(download_weights(_check_model(model)))
+    print(download_weights(model.value))
 
 
 @weights_app.command("convert")
 def convert(
-    src: Annotated[Path, typer.Argument(help="Checkpoint to convert (.pth, official or ours).")],
+    src: Annotated[Path, typer.Argument(help="Checkpoint to convert (official .pth, ours, any arch).")],
     dst: Annotated[Path | None, typer.Argument(help="Output .safetensors (default: beside SRC).",
                                                show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Config for files without one "
-                                              "(default ben2-base).")] = None,
+    model: Annotated[ModelName | None, typer.Option("--model", "-m", help="Config for files that store none "
+                                                    "(official files; default ben2-base).", show_default=False)] = None,
     official_keys: Annotated[bool, typer.Option("--official-keys", help="Keep the official key names.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DST if it exists.")] = False,
 ) -> None:
-    """Convert a checkpoint to .safetensors (verified strictly against the model first)."""
-    from ben_cli.checkpoints.load import build_from_checkpoint, read_checkpoint, save_checkpoint
+    """Convert a checkpoint to .safetensors, keeping its arch, config and metadata.
+
+    The weights are loaded strictly into their network first, so a file that
+    does not fit its config is reported instead of converted.
+    """
+    from ben_cli.checkpoints.load import build_from_checkpoint, read_checkpoint, save_checkpoint, storable_metadata
     from ben_cli.errors import UsageError
 
     dst = dst or src.with_suffix(".safetensors")
@@ -73,18 +106,19 @@ def convert(
         raise UsageError(f"DST must end in .safetensors: {dst}")
     if dst.resolve() == src.resolve():
         raise UsageError(f"DST is SRC ({src}); name another .safetensors file")
-    net = build_from_checkpoint(read_checkpoint(src), model and _check_model(model), str(src))
-    print(save_checkpoint(net, dst, official_keys=official_keys))
-
-
-def _check_model(name: str) -> str:
-    """``name`` when the registry knows it, else a usage error listing the known names."""
-    from ben_cli.errors import UsageError
-    from ben_cli.models.registry import MODELS
-
-    if name not in MODELS:
-        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    return name
+    if dst.is_dir():
+        raise UsageError(f"DST is a folder: {dst}; name a .safetensors file")
+    if dst.exists() and not overwrite:
+        raise UsageError(f"{dst} exists; pass --overwrite to replace it")
+    ckpt = read_checkpoint(src)
+    if official_keys and ckpt.arch != "base":
+        raise UsageError(f"--official-keys: the official layout exists only for arch 'base', not {ckpt.arch!r}")
+    net = build_from_checkpoint(ckpt, model.value if model is not None else None, str(src))
+    metadata, dropped = storable_metadata(ckpt.metadata, ".safetensors")
+    if dropped:
+        print(f"ben: warning: metadata not kept (.safetensors stores JSON only): {', '.join(dropped)}",
+              file=sys.stderr)
+    print(save_checkpoint(net, dst, official_keys=official_keys, metadata=metadata))
 
 
 def register(app: typer.Typer) -> None:

@@ -5,10 +5,14 @@
   walked recursively as :func:`ben_cli.io.find_images` does). A file without a
   partner, or two files with one stem, is a :class:`~ben_cli.errors.PairingError`
   that names the files.
-- :func:`evaluate_pairs` reads each pair as grayscale ``uint8``, resizes the
+- :func:`evaluate_pairs` reads each pair as ``uint8`` masks
+  (:func:`ben_cli.io.read_mask`: the alpha of files that have one, so a cutout
+  scores as its alpha mask; gray as stored; colour by luma), resizes the
   prediction to the ground truth's size where they differ (bilinear; the ``ben``
   protocol resizes both to 1024x1024 itself), scores it with the chosen protocol
-  across a process pool, and aggregates.
+  across a process pool, and aggregates. A pair that cannot be scored raises
+  :class:`~ben_cli.errors.InputError` naming both files; a metric left undefined
+  (NaN, possible under ``ben``) is listed by :meth:`Evaluation.undefined`.
 - :func:`predict_to_dir` runs an Eraser over image / ground-truth pairs and
   writes its masks as 8-bit PNGs, yielding prediction pairs as it goes, so that
   evaluation overlaps inference.
@@ -56,6 +60,18 @@ class Evaluation:
     pairs: list[Pair]
     images: list[ImageResult]
     summary: Summary
+
+    def undefined(self) -> dict[str, list[tuple[Pair, str]]]:
+        """Metrics that are NaN for some pairs: ``{key: [(pair, reason), ...]}`` in pair order.
+
+        The summary's value of such a key is NaN too (both protocols average with NaN).
+        """
+        found: dict[str, list[tuple[Pair, str]]] = {}
+        for pair, result in zip(self.pairs, self.images, strict=True):
+            for key in CSV_KEYS:
+                if math.isnan(result.scores[key]):
+                    found.setdefault(key, []).append((pair, result.undefined.get(key, "undefined")))
+        return found
 
 
 class AlphaPredictor(Protocol):
@@ -129,7 +145,7 @@ def pair_predictions(pred_dir: Path, gt_dir: Path) -> list[Pair]:
 
 
 def load_pair(pair: Pair, protocol: str = "standard") -> tuple[np.ndarray, np.ndarray]:
-    """Read a pair as uint8 (H, W) gray maps.
+    """Read a pair as uint8 (H, W) masks (:func:`ben_cli.io.read_mask`: alpha where a file has one).
 
     With the standard protocol the prediction is resized (bilinear) to the
     ground truth's size when they differ; the ``ben`` protocol resizes both itself.
@@ -137,9 +153,9 @@ def load_pair(pair: Pair, protocol: str = "standard") -> tuple[np.ndarray, np.nd
     """
     import cv2
 
-    from ben_cli.io import read_gray
+    from ben_cli.io import read_mask
 
-    pred, gt = read_gray(pair.pred), read_gray(pair.gt)
+    pred, gt = read_mask(pair.pred), read_mask(pair.gt)
     if protocol == "standard" and pred.shape != gt.shape:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
     return pred, gt
@@ -159,17 +175,16 @@ def score_arrays(pred: np.ndarray, gt: np.ndarray, protocol: str = "standard") -
 
 
 def evaluate_pair(pair: Pair, protocol: str = "standard") -> ImageResult:
-    """Read and score one pair."""
+    """Read and score one pair.
+
+    Raises :class:`InputError` naming the unreadable file, or naming both files
+    when the pair cannot be scored (shapes or types the metrics refuse).
+    """
     pred, gt = load_pair(pair, protocol)
-    return score_arrays(pred, gt, protocol)
-
-
-def _task(pair: Pair, protocol: str) -> tuple[ImageResult | None, tuple[str, str] | None]:
-    """Worker entry point: errors come back as data (``InputError`` does not pickle)."""
     try:
-        return evaluate_pair(pair, protocol), None
-    except InputError as e:
-        return None, (e.path, e.reason)
+        return score_arrays(pred, gt, protocol)
+    except ValueError as e:
+        raise InputError(pair.pred, f"cannot score against the ground truth {pair.gt}: {e}") from None
 
 
 def aggregate(results: Sequence[ImageResult], protocol: str = "standard") -> Summary:
@@ -276,16 +291,13 @@ def _evaluate_in_pool(
     def collect(futures: Iterable[Future[Any]]) -> None:
         for future in futures:
             pair = pending.pop(future)
-            result, error = future.result()
-            if error is not None:
-                raise InputError(*error)
-            done.append((pair, result))
+            done.append((pair, future.result()))  # re-raises a worker's InputError here
             advance()
 
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=context)
     try:
         for pair in pairs:
-            pending[pool.submit(_task, pair, protocol)] = pair
+            pending[pool.submit(evaluate_pair, pair, protocol)] = pair
             if len(pending) >= 2 * n_workers:  # bounded look-ahead keeps memory flat
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 collect(finished)
@@ -319,12 +331,6 @@ def _progress_bar(enabled: bool, description: str, total: int | None) -> Iterato
 # --------------------------------------------------------------------------- running a model
 
 
-def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
-    """float (H, W) alpha in [0, 1] -> uint8 (H, W) mask, rounded to the nearest level."""
-    a = np.nan_to_num(np.asarray(alpha, dtype=np.float32), nan=0.0)
-    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
-
-
 def predict_to_dir(
     eraser: AlphaPredictor,
     items: Sequence[tuple[str, Path, Path]],
@@ -334,9 +340,14 @@ def predict_to_dir(
     """Predict a mask for each ``(stem, image, gt)`` and write it to ``out_dir/<stem>.png``.
 
     Images go to ``eraser.predict_alpha`` ``batch_size`` at a time; each mask is
-    written (8-bit PNG, atomically) before its pair is yielded, so the evaluation
-    of a written mask can start while the next batch runs.
+    rounded to 8 bits as ``ben erase`` writes alpha masks
+    (:func:`ben_cli.compose.alpha_to_uint8` of the float32 alpha) and written
+    (8-bit PNG, atomically) before its pair is yielded, so the evaluation of a
+    written mask can start while the next batch runs.
     """
+    import torch
+
+    from ben_cli.compose import alpha_to_uint8
     from ben_cli.io import read_image, write_png
 
     out_dir = Path(out_dir)
@@ -348,7 +359,7 @@ def predict_to_dir(
         if len(alphas) != len(batch):
             raise RuntimeError(f"the model returned {len(alphas)} masks for {len(batch)} images")
         for (stem, image, gt), alpha, rgb in zip(batch, alphas, images, strict=True):
-            mask = alpha_to_uint8(alpha)
+            mask = alpha_to_uint8(torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))).numpy()
             if mask.shape != rgb.shape[:2]:
                 raise RuntimeError(f"mask of {image} is {mask.shape}, the image {rgb.shape[:2]}")
             path = out_dir / f"{stem}.png"

@@ -23,7 +23,7 @@ Pure: numpy arrays in, floats out; no disk access, no printing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +70,7 @@ class ImageResult:
             threshold ``pred >= k / 255`` (ascending).
         emeasure: float64 (256,) E-measure curve in the same order, or None
             where the protocol has no curve.
+        undefined: why a score is NaN, by key (only the ``ben`` protocol has NaN).
     """
 
     scores: dict[str, float]
@@ -77,6 +78,7 @@ class ImageResult:
     recall: np.ndarray
     fmeasure: np.ndarray
     emeasure: np.ndarray | None = None
+    undefined: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

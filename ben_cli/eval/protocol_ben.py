@@ -26,6 +26,7 @@ floats out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -272,11 +273,12 @@ def image_metrics(pred: np.ndarray, gt: np.ndarray, size: int = SIZE) -> ImageRe
             raise ValueError(f"{name} must be a non-empty uint8 (H, W) array, got {a.dtype} {a.shape}")
     p, g = prepare(pred, gt, size)
     precision, recall, f = f_curves(p, g)
+    s = s_measure(p, g)
     scores = {
         "max_f": float(f.max()),
         "weighted_f": weighted_f(p, g),
         "e_measure": e_measure(p, g),
-        "s_measure": s_measure(p, g),
+        "s_measure": s,
         "mae": mae(p, g),
         "dice": soft_dice(p, g),
         "iou": iou(p, g),
@@ -284,7 +286,16 @@ def image_metrics(pred: np.ndarray, gt: np.ndarray, size: int = SIZE) -> ImageRe
         "acc": accuracy(p, g),
         "mean_f": float(f.mean()),
     }
-    return ImageResult(scores=scores, precision=precision, recall=recall, fmeasure=f)
+    undefined = {"s_measure": s_measure_nan_reason(g)} if math.isnan(s) else {}
+    return ImageResult(scores=scores, precision=precision, recall=recall, fmeasure=f, undefined=undefined)
+
+
+def s_measure_nan_reason(gt: np.ndarray) -> str:
+    """Why the script's S-measure is NaN for this (resized, [0, 1]) ground truth."""
+    g = gt > 0.5
+    if g.all():
+        return "all-foreground ground truth, where the script's S-measure divides 0 by 0"
+    return "foreground centroid on the first row or column, where the script's S-measure has an empty quadrant"
 
 
 def aggregate(results: Sequence[ImageResult]) -> Summary:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 from ben_cli.config import BenConfig
@@ -151,6 +152,20 @@ class BenBase(nn.Module):
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> normalised input."""
         return (rgb - self.mean) / self.std
+
+    def for_inference(self) -> BenBase:
+        """Make this model an inference model, in place: eval mode, and every
+        stochastic-depth ``DropPath`` replaced by ``nn.Identity``; returns ``self``.
+
+        In eval mode a DropPath is already the identity, so outputs do not change
+        (bit for bit); without them ``torch.compile`` has no per-block drop rate to
+        guard on. Training needs the DropPaths: build a fresh model to train.
+        """
+        for module in self.modules():
+            for name, child in module.named_children():
+                if isinstance(child, DropPath):
+                    setattr(module, name, nn.Identity())
+        return self.eval()
 
     @staticmethod
     def views(x: torch.Tensor) -> torch.Tensor:

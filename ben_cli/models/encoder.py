@@ -14,6 +14,8 @@ the four stage outputs, each stage output with its own LayerNorm.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
@@ -21,12 +23,24 @@ from torch import nn
 
 from ben_cli.config import SwinConfig
 
+_LAYOUT_CACHE_SIZE = 8  # layouts kept per block: (grid size, device, dtype) combinations in use
+
+
+class Layout(NamedTuple):
+    """One block's gather plan for one (H, W, device, dtype); see :func:`window_layout`."""
+
+    fwd: torch.Tensor  # (Hp*Wp,) int64: source row of each window-ordered token in the (H*W + 1) input
+    inv: torch.Tensor  # (H*W,) int64: window-order position of each input token
+    mask: torch.Tensor | None  # (nW, window_area, window_area) shift mask on the padded grid, None unshifted
+
 
 class PadThenShiftBlock(SwinTransformerBlock):
     """timm Swin block whose attention step pads to the window multiple, then shifts.
 
     Padding, the cyclic shift and the window partition are one gather with a
     precomputed index (and the way back one more), instead of six full copies.
+    The gather plans are cached per block, keyed by (H, W, device, dtype); the
+    cache is safe to share between threads (see :meth:`_layout`).
     """
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,18 +52,38 @@ class PadThenShiftBlock(SwinTransformerBlock):
         windows = self.attn(windows, mask=mask)
         return windows.view(B, -1, C).index_select(1, inv).view(B, H, W, C)
 
-    def _layout(self, H: int, W: int, x: torch.Tensor):
-        """Gather indices (window order <- padded+shifted grid, and back) and the shift mask, cached."""
+    def _layout(self, H: int, W: int, x: torch.Tensor) -> Layout:
+        """The gather plan for ``x``'s grid, device and dtype, from the cache or built once.
+
+        Thread safety without a lock: a published cache dict is never changed.
+        A miss builds the complete entry first, then publishes a new dict (the
+        old entries plus this one, the oldest dropped beyond
+        ``_LAYOUT_CACHE_SIZE``) with one attribute assignment; a reader holds
+        either the old dict or the new one, both complete. Two threads missing
+        at once both build the same entry, and one of the two copies is kept.
+        """
         key = (H, W, x.device, x.dtype)
-        cache = self.__dict__.setdefault("_layout_cache", {})
-        if key not in cache:
-            cache.clear()
-            cache[key] = window_layout(H, W, self.window_size, tuple(self.shift_size), x.device)
-            Hp, Wp = _padded(H, self.window_size[0]), _padded(W, self.window_size[1])
-            shifted = any(self.shift_size)
-            probe = x.new_zeros(1, Hp, Wp, 1)
-            cache[key] += (self.get_attn_mask(probe) if shifted else None,)  # timm builds it on the padded grid
-        return cache[key]
+        cache: dict = self.__dict__.get("_layout_cache", {})
+        entry = cache.get(key)
+        if entry is None:
+            entry = self._build_layout(H, W, x.device, x.dtype)
+            fresh = {k: v for k, v in cache.items() if k != key}
+            while len(fresh) >= _LAYOUT_CACHE_SIZE:
+                del fresh[next(iter(fresh))]
+            fresh[key] = entry
+            self.__dict__["_layout_cache"] = fresh
+        return entry
+
+    def _build_layout(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Layout:
+        # Ordinary tensors even under torch.inference_mode(): the cache outlives the call, and
+        # inference tensors could not be saved for backward when the model trains later.
+        with torch.inference_mode(False):
+            fwd, inv = window_layout(H, W, self.window_size, tuple(self.shift_size), device)
+            mask = None
+            if any(self.shift_size):  # timm builds the mask on the grid it is given: the padded one
+                Hp, Wp = _padded(H, self.window_size[0]), _padded(W, self.window_size[1])
+                mask = self.get_attn_mask(torch.zeros(1, Hp, Wp, 1, device=device, dtype=dtype))
+        return Layout(fwd, inv, mask)
 
 
 def _padded(n: int, window: int) -> int:
@@ -71,9 +105,9 @@ def window_layout(H: int, W: int, window: tuple[int, int], shift: tuple[int, int
     valid = (rows[:, None] < H) & (cols[None, :] < W)
     src = torch.where(valid, rows[:, None] * W + cols[None, :], H * W)
     fwd = src.view(Hp // wh, wh, Wp // ww, ww).permute(0, 2, 1, 3).reshape(-1)
-    inv = torch.empty(H * W, dtype=torch.long)
-    keep = fwd < H * W
-    inv[fwd[keep]] = torch.arange(Hp * Wp)[keep]
+    # Every input token appears once in fwd; the padding slots all write slot H*W, which is dropped.
+    # (A scatter, not boolean indexing: no data-dependent shape, so torch.compile does not break here.)
+    inv = torch.empty(H * W + 1, dtype=torch.long).scatter_(0, fwd, torch.arange(Hp * Wp))[: H * W]
     return fwd.to(device), inv.to(device)
 
 

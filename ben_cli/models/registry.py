@@ -1,21 +1,138 @@
-"""Model registry: a plain dict of named entries, each with its builder config,
-checkpoint file name, source repository and preprocessing constants."""
+"""Model registry: plain dicts of architectures and of named models.
+
+- ``ARCHS`` maps an architecture name (``"base"``, later ``"refiner"``) to its
+  config class and builder; checkpoints store the name, so a file alone
+  rebuilds its network (:func:`ben_cli.checkpoints.load.build_from_checkpoint`).
+- ``MODELS`` maps a model name (``ben2-base``, ``ben-base``, ``tiny``) to a
+  config plus its official checkpoint file name, source repository and
+  preprocessing constants (in the config).
+
+Importing this module does not import torch: builders and model classes of
+the built-in architectures are imported on first use.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ben_cli.config import BenConfig, SwinConfig
+from ben_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class UnknownModelError(UsageError, ValueError):
+    """A model name the registry does not know (the message lists the known ones)."""
+
+
+class UnknownArchError(ValueError):
+    """An architecture name no module has registered."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: its config class (``to_dict``/``from_dict``) and builder.
+
+    ``model_cls`` is the class :func:`build` returns, or ``"module:Class"`` to
+    import it only when :func:`arch_of` needs it.
+    """
+
+    name: str
+    config_cls: type
+    build: Callable[[Any], nn.Module]
+    model_cls: type | str
+
+    def model_class(self) -> type:
+        """The model class (imports it when registered as ``"module:Class"``)."""
+        if isinstance(self.model_cls, type):
+            return self.model_cls
+        module, _, qualname = self.model_cls.partition(":")
+        return getattr(importlib.import_module(module), qualname)
+
+    def config_from_dict(self, d: dict[str, Any]) -> Any:
+        """The config stored in a checkpoint -> a config object (ValueError on unknown keys)."""
+        return self.config_cls.from_dict(d)
+
+
+ARCHS: dict[str, Arch] = {}
+
+# Architectures defined outside this module register themselves when their
+# module is imported; a checkpoint naming one of them imports it on demand.
+ARCH_MODULES: dict[str, str] = {"refiner": "ben_cli.models.refiner"}
+
+
+def register_arch(name: str, config_cls: type, build: Callable[[Any], nn.Module], model_cls: type | str) -> Arch:
+    """Add (or replace) an architecture; call it at the bottom of the model's module.
+
+    ``config_cls`` must provide ``to_dict()`` and ``from_dict(d)``; ``build(config)``
+    returns a randomly initialised model.
+    """
+    arch = Arch(name, config_cls, build, model_cls)
+    ARCHS[name] = arch
+    return arch
+
+
+def get_arch(name: str) -> Arch:
+    """The architecture ``name`` (importing its module when known); UnknownArchError otherwise."""
+    if name not in ARCHS and name in ARCH_MODULES:
+        try:
+            importlib.import_module(ARCH_MODULES[name])
+        except ModuleNotFoundError as e:
+            if e.name != ARCH_MODULES[name]:
+                raise
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise UnknownArchError(f"unknown arch {name!r} (this version knows: {', '.join(ARCHS)})") from None
+
+
+def arch_of(model: nn.Module) -> str:
+    """The registered architecture name of ``model`` (by its class; a torch.compile wrapper is unwrapped)."""
+    model = getattr(model, "_orig_mod", model)
+    archs = list(ARCHS.values())
+    for exact in (True, False):
+        for arch in archs:
+            cls = arch.model_class()
+            if (type(model) is cls) if exact else isinstance(model, cls):
+                return arch.name
+    raise UnknownArchError(f"{type(model).__name__} is not a registered architecture "
+                           f"(known: {', '.join(ARCHS)})")
+
+
+def arch_for_config(config: Any) -> Arch:
+    """The architecture whose config class ``config`` is an instance of."""
+    for arch in ARCHS.values():
+        if type(config) is arch.config_cls:
+            return arch
+    raise UnknownArchError(f"{type(config).__name__} is not the config of a registered architecture")
+
+
+def _build_base(config: BenConfig) -> nn.Module:
+    from ben_cli.models.ben import BenBase
+
+    return BenBase(config)
+
+
+register_arch("base", BenConfig, _build_base, "ben_cli.models.ben:BenBase")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     """A named model: config, and where its official checkpoint comes from."""
 
-    config: BenConfig
+    config: Any  # a config of a registered architecture (BenConfig for "base")
     filename: str | None = None  # official checkpoint file name
     repo_id: str | None = None  # Hugging Face Hub model repository
     description: str = ""
+
+    @property
+    def arch(self) -> str:
+        """The architecture name of :attr:`config`."""
+        return arch_for_config(self.config).name
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -37,16 +154,14 @@ DEFAULT_MODEL = "ben2-base"
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; ValueError lists the known names."""
+    """The registry entry for ``name``; UnknownModelError (a ValueError) lists the known names."""
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+        raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
 
 
-def build_model(name_or_config: str | BenConfig = DEFAULT_MODEL):
-    """Build a randomly initialised :class:`BenBase` from a registry name or a config."""
-    from ben_cli.models.ben import BenBase
-
+def build_model(name_or_config: Any = DEFAULT_MODEL) -> nn.Module:
+    """A randomly initialised model from a registry name or a config of any registered architecture."""
     cfg = get_entry(name_or_config).config if isinstance(name_or_config, str) else name_or_config
-    return BenBase(cfg)
+    return arch_for_config(cfg).build(cfg)

@@ -1,0 +1,70 @@
+"""The Python API for scripts: ``remove`` (a cutout of one Pillow image), model cached between calls."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ben_cli.options import InferenceOptions
+    from ben_cli.pipeline import Eraser
+
+_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _eraser(options: InferenceOptions) -> Eraser:
+    from ben_cli.pipeline import Eraser
+
+    return Eraser.from_options(options)
+
+
+def get_eraser(options: InferenceOptions) -> Eraser:
+    """The Eraser of ``options``, loaded once per process and options (the two most recent are kept)."""
+    with _LOCK:
+        return _eraser(options)
+
+
+def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path | None = None,
+           device: str = "auto", precision: str = "auto", resolution: int = 1024, refiner: str = "auto",
+           output: str = "cutout") -> Image.Image:
+    """Remove the background of one Pillow image.
+
+    ``output="cutout"`` gives an RGBA image (original colours, new alpha, the input's
+    own transparency and ICC profile kept); ``"alpha"`` gives the 8-bit matte (mode L);
+    ``"trimap"`` the confidence trimap. Any mode Pillow holds is accepted; EXIF
+    orientation is applied. The model is loaded on the first call and reused while
+    the options stay the same. Raises the typed errors of :mod:`ben_cli.errors`.
+    """
+    from PIL import Image
+
+    from ben_cli.io import from_pil
+    from ben_cli.options import InferenceOptions
+    from ben_cli.runner import render
+
+    options = InferenceOptions(model=model, weights=None if weights is None else Path(weights), device=device,
+                               precision=precision, resolution=resolution, batch_size=1, refiner=refiner)
+    if output not in ("cutout", "alpha", "trimap"):
+        from ben_cli.errors import OptionError
+
+        raise OptionError("output", f"unknown output {output!r} (use cutout, alpha or trimap)")
+    loaded = from_pil(image)
+    pred = get_eraser(options).predict([loaded.rgb], want_trimap=output == "trimap")[0]
+    array = render(output, loaded, pred)
+    result = Image.fromarray(array)  # (H, W, 4) -> RGBA, (H, W) -> L
+    if output == "cutout" and loaded.icc_profile:
+        result.info["icc_profile"] = loaded.icc_profile
+    return result
+
+
+def clear_cache() -> None:
+    """Forget the cached models (frees their memory)."""
+    with _LOCK:
+        _eraser.cache_clear()
+
+
+__all__ = ["clear_cache", "get_eraser", "remove"]
