@@ -67,3 +67,27 @@ def inference_context(device: torch.device, dtype: torch.dtype) -> Iterator[None
         else:
             with torch.autocast(device_type=device.type, dtype=dtype):
                 yield
+
+
+def resolve_train_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Training compute dtype: ``auto`` is bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere.
+
+    Mixed precision in training is CUDA-only here: fp16/bf16 requested on another
+    device is a UsageError (the CPU trains in fp32).
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if device.type != "cuda":
+        if precision in ("fp16", "bf16"):
+            raise UsageError(f"--precision {precision} trains only on CUDA; use fp32 (or auto) on {device.type}")
+        return torch.float32
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return resolve_dtype(precision, device)
+
+
+def train_autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast for a training forward pass (gradients allowed); a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
