@@ -195,3 +195,48 @@ def download_weights(model: str = DEFAULT_MODEL) -> Path:
             f"{_missing_message(entry)}; download from {entry.repo_id} failed ({_download_reason(e)})"
         ) from None
     return Path(path)
+
+
+REFINER_FILE = "BEN_Refiner.safetensors"
+"""The file name the refiner network's weights are looked for under (no official file exists)."""
+
+REFINER_HOWTO = (f"train them with `ben train refiner --data DIR --base-weights CK --out RUN` and pass "
+                 f"--refiner-weights RUN/best.safetensors (or put {REFINER_FILE} in ./weights/ or the cache)")
+
+
+def find_refiner_weights(explicit: str | Path | None = None, *, required: bool = False) -> Path | None:
+    """The refiner network's checkpoint: ``explicit``, $BEN_REFINER_WEIGHTS, ./weights/, the cache.
+
+    ``explicit`` and the variable may name a file or a folder holding ``BEN_Refiner.safetensors``,
+    a training run's ``best.safetensors``, or a single checkpoint. Nothing is downloaded: there
+    are no official refiner weights. Returns None when nothing is found, unless ``required`` (then WeightsNotFoundError
+    says how to get them); an explicit path that does not exist is always an error.
+    """
+    for given, label in ((explicit, "refiner weights file not found"),
+                         (os.environ.get("BEN_REFINER_WEIGHTS"), "$BEN_REFINER_WEIGHTS points to a missing file")):
+        if given is None or given == "":
+            continue
+        p = Path(given).expanduser()
+        if p.is_file():
+            return p
+        if p.is_dir():
+            return _refiner_in_folder(p)
+        raise WeightsNotFoundError(f"{label}: {p}")
+    for folder in (Path.cwd() / "weights", cache_dir()):
+        if (folder / REFINER_FILE).is_file():
+            return folder / REFINER_FILE
+    if required:
+        raise WeightsNotFoundError(f"no refiner weights found: {REFINER_HOWTO}")
+    return None
+
+
+def _refiner_in_folder(folder: Path) -> Path:
+    for name in (REFINER_FILE, "best.safetensors"):  # the shipped name, then a `ben train refiner` run folder
+        if (folder / name).is_file():
+            return folder / name
+    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
+    if len(files) == 1:
+        return files[0]
+    raise WeightsNotFoundError(f"{folder}: looked for {REFINER_FILE}, best.safetensors or a single .safetensors file "
+                               f"({len(files)} found); pass the file")
+

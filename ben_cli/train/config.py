@@ -210,13 +210,15 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
 
 
 def resolve_config(options: dict[str, Any], *, config_file: str | os.PathLike[str] | None = None,
-                   resume: str | os.PathLike[str] | None = None) -> TrainConfig:
+                   resume: str | os.PathLike[str] | None = None, defaults: TrainConfig | None = None) -> TrainConfig:
     """The configuration of a run: defaults < ``RESUME/config.toml`` < ``config_file`` < ``options``.
 
     ``options`` holds command-line values; ``None`` means "not given". With
     ``resume`` the run folder is ``resume`` (an ``out`` naming another folder is an error).
+    ``defaults``: the starting configuration (default ``TrainConfig()``; another trainer
+    passes its own subclass, e.g. :class:`~ben_cli.train.refiner.RefinerTrainConfig`).
     """
-    cfg = TrainConfig()
+    cfg = defaults if defaults is not None else TrainConfig()
     if resume is not None:
         saved = Path(resume) / "config.toml"
         if not saved.is_file():
