@@ -5,6 +5,7 @@ Public API (torch is imported on first use, not by ``import ben_cli``)::
     import ben_cli
     model = ben_cli.load_model("BEN2_Base.pth")           # BenBase in eval mode, returns logits
     cutout = ben_cli.remove(PIL.Image.open("cat.jpg"))    # RGBA Pillow image; the model is cached
+    alpha = ben_cli.refine(rgb, prob, method="matting")   # re-estimate the trimap's gray band (numpy)
 """
 
 from __future__ import annotations
@@ -33,12 +34,24 @@ def load_model(path: Any = None, *, model: str | None = None, config: Any = None
 
 def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path | None = None,
            device: str = "auto", precision: str = "auto", resolution: int = 1024, refiner: str = "auto",
-           output: str = "cutout") -> Image.Image:
+           output: str = "cutout", decontaminate: bool = True, background: str | None = None,
+           threshold: float | None = None) -> Image.Image:
     """Cutout (RGBA) of one Pillow image; see :func:`ben_cli.api.remove`."""
     from ben_cli.api import remove as _remove
 
     return _remove(image, model=model, weights=weights, device=device, precision=precision,
-                   resolution=resolution, refiner=refiner, output=output)
+                   resolution=resolution, refiner=refiner, output=output, decontaminate=decontaminate,
+                   background=background, threshold=threshold)
 
 
-__all__ = ["__version__", "load_model", "remove"]
+def __getattr__(name: str) -> Any:
+    # ``ben_cli.refine`` is the callable package ben_cli/refine/ (``refine(image, prob, method=...)``), imported on
+    # first use: a function of that name here would be replaced by the package once it is imported.
+    if name == "refine":
+        import importlib
+
+        return importlib.import_module("ben_cli.refine")
+    raise AttributeError(f"module 'ben_cli' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "load_model", "refine", "remove"]

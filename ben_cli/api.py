@@ -31,11 +31,14 @@ def get_eraser(options: InferenceOptions) -> Eraser:
 
 def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path | None = None,
            device: str = "auto", precision: str = "auto", resolution: int = 1024, refiner: str = "auto",
-           output: str = "cutout") -> Image.Image:
+           output: str = "cutout", decontaminate: bool = True, background: str | None = None,
+           threshold: float | None = None) -> Image.Image:
     """Remove the background of one Pillow image.
 
-    ``output="cutout"`` gives an RGBA image (original colours, new alpha, the input's
-    own transparency and ICC profile kept); ``"alpha"`` gives the 8-bit matte (mode L);
+    ``output="cutout"`` gives an RGBA image (new alpha, the input's own transparency and
+    ICC profile kept; semi-transparent pixels decontaminated unless ``decontaminate=False``;
+    flattened to RGB on ``background``, a colour or an image file); ``"alpha"`` gives
+    the 8-bit matte (mode L, hard with ``threshold``);
     ``"trimap"`` the confidence trimap. Any mode Pillow holds is accepted; EXIF
     orientation is applied. The model is loaded on the first call and reused while
     the options stay the same. Raises the typed errors of :mod:`ben_cli.errors`.
@@ -43,8 +46,8 @@ def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path 
     from PIL import Image
 
     from ben_cli.io import from_pil
-    from ben_cli.options import InferenceOptions
-    from ben_cli.runner import render
+    from ben_cli.options import InferenceOptions, OutputOptions
+    from ben_cli.output import load_background, render
 
     options = InferenceOptions(model=model, weights=None if weights is None else Path(weights), device=device,
                                precision=precision, resolution=resolution, batch_size=1, refiner=refiner)
@@ -52,10 +55,11 @@ def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path 
         from ben_cli.errors import OptionError
 
         raise OptionError("output", f"unknown output {output!r} (use cutout, alpha or trimap)")
+    finish = OutputOptions(decontaminate=decontaminate, background=background, threshold=threshold)
     loaded = from_pil(image)
     pred = get_eraser(options).predict([loaded.rgb], want_trimap=output == "trimap")[0]
-    array = render(output, loaded, pred)
-    result = Image.fromarray(array)  # (H, W, 4) -> RGBA, (H, W) -> L
+    array = render(output, loaded, pred, finish, load_background(finish))
+    result = Image.fromarray(array)  # (H, W, 4) -> RGBA, (H, W, 3) -> RGB, (H, W) -> L
     if output == "cutout" and loaded.icc_profile:
         result.info["icc_profile"] = loaded.icc_profile
     return result

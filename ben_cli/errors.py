@@ -54,6 +54,10 @@ class DeviceUnavailableError(BenError):
     """The requested device or precision is not available on this machine."""
 
 
+class EngineError(BenError):
+    """An engine cannot run: Ray is not installed, a GPU was asked of a machine without one, the cluster failed."""
+
+
 class InputError(BenError):
     """One input cannot be used (unreadable, not an image, too large, ...).
 

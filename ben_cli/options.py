@@ -35,9 +35,6 @@ class Refiner(str, Enum):
     none = "none"
 
 
-AVAILABLE_REFINERS: frozenset[Refiner] = frozenset({Refiner.auto, Refiner.none})
-"""Refiners this version can run (``auto`` resolves to the best available one)."""
-
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -88,6 +85,7 @@ class InferenceOptions:
     refiner: Refiner = Refiner.auto
     refiner_weights: Path | None = None
     compile: bool = False
+    max_refine_side: int | None = None
 
     def __post_init__(self) -> None:
         from ben_cli.models.registry import MODELS
@@ -108,15 +106,133 @@ class InferenceOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 set_(self, name, Path(value))
-        if self.refiner not in AVAILABLE_REFINERS:
-            raise OptionError("refiner", f"{self.refiner.value!r} is not available in this version (use auto or none)")
-        if self.refiner_weights is not None:
-            raise OptionError("refiner_weights", "no refiner network exists in this version")
+        if self.refiner_weights is not None and self.refiner not in (Refiner.auto, Refiner.net):
+            raise OptionError("refiner_weights", f"only the net refiner takes weights (--refiner {self.refiner.value} "
+                                                 "has none)")
+        if self.max_refine_side is not None and (isinstance(self.max_refine_side, bool) or self.max_refine_side < 64):
+            raise OptionError("max_refine_side", f"must be at least 64 pixels, got {self.max_refine_side}")
 
     def replace(self, **changes) -> InferenceOptions:
         """A validated copy with ``changes`` applied."""
         return replace(self, **changes)
 
-    def resolved_refiner(self) -> str:
-        """The refiner that runs: ``auto`` is the best one available (``none`` in this version)."""
-        return Refiner.none.value if self.refiner is Refiner.auto else self.refiner.value
+
+class ImageFormat(str, Enum):
+    """File format of cutouts; JPEG and WebP need a ``background`` (they are written without alpha)."""
+
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How outputs are finished and written (the writer's half of ``ben erase``'s options).
+
+    ``decontaminate``: semi-transparent cutout pixels get their estimated foreground
+    colour (no halo of the old background). ``background``: a colour (``white``,
+    ``#00ff00``, ``0,255,0``) or an image file; the cutout is flattened onto it.
+    ``format``: of the cutout file. ``threshold``: t in [0, 1], hard alpha
+    (255 where alpha > t). ``png_compression``: zlib level 0-9 (None: the fast
+    default). ``quality``: JPEG/WebP quality 1-100.
+    """
+
+    decontaminate: bool = True
+    background: str | None = None
+    format: ImageFormat = ImageFormat.png
+    threshold: float | None = None
+    png_compression: int | None = None
+    quality: int = 95
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", _enum(ImageFormat, self.format, "format"))
+        if self.format is not ImageFormat.png and self.background is None:
+            raise OptionError("format", f"{self.format.value} has no transparency: give --background COLOR|IMAGE "
+                                        "to flatten the cutout, or keep png")
+        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
+            raise OptionError("threshold", f"must be between 0 and 1, got {self.threshold}")
+        if self.png_compression is not None and self.png_compression not in range(10):
+            raise OptionError("png_compression", f"must be an integer from 0 to 9, got {self.png_compression}")
+        if not 1 <= int(self.quality) <= 100:
+            raise OptionError("quality", f"must be from 1 to 100, got {self.quality}")
+        if self.background is not None and not Path(self.background).is_file():
+            from ben_cli.compose import parse_colour
+
+            parse_colour(self.background)  # raises OptionError("background", ...)
+
+    @property
+    def cutout_suffix(self) -> str:
+        """File suffix of the cutout kind: ``.png``, ``.jpg`` or ``.webp``."""
+        return "." + self.format.value
+
+    def background_colour(self) -> tuple[int, int, int] | None:
+        """The background as an RGB colour, or None (no background, or an image file)."""
+        if self.background is None or Path(self.background).is_file():
+            return None
+        from ben_cli.compose import parse_colour
+
+        return parse_colour(self.background)
+
+
+class VideoFormat(str, Enum):
+    """Container and codecs of video outputs (:mod:`ben_cli.video`).
+
+    ``webm``: VP9, the cutout with an alpha channel (``yuva420p``); ``mov``: ProRes 4444
+    with alpha (ProRes 422 HQ for outputs without alpha); ``mp4``: H.264, no alpha, so
+    only with a background; ``auto``: ``webm``, or ``mp4`` when a background is given.
+    """
+
+    auto = "auto"
+    webm = "webm"
+    mov = "mov"
+    mp4 = "mp4"
+
+
+MAX_SMOOTH = 31
+"""The widest ``--smooth`` window (frames): each frame of the window is held on the device."""
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How videos (and, with ``all_frames``, animated GIF/WebP) are processed and written.
+
+    ``format``: see :class:`VideoFormat`. ``frames``: one image per frame into a folder
+    ``<stem>/`` instead of a video. ``all_frames``: animated GIF/WebP inputs are videos
+    (otherwise their first frame is an image). ``smooth``: N > 1 averages each frame's
+    base probability with its neighbours' (a centered window of N frames) before the
+    trimap and the refiner; 0 or 1 is off. ``crf``: quality of the lossy encoders (VP9
+    0-63, H.264 0-51; lower is better and larger), None for our defaults.
+    """
+
+    format: VideoFormat = VideoFormat.auto
+    frames: bool = False
+    all_frames: bool = False
+    smooth: int = 0
+    crf: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", _enum(VideoFormat, self.format, "format"))
+        if isinstance(self.smooth, bool) or not isinstance(self.smooth, int) or not 0 <= self.smooth <= MAX_SMOOTH:
+            raise OptionError("smooth", f"must be a number of frames from 0 (off) to {MAX_SMOOTH}, got {self.smooth}")
+        if self.crf is not None and (isinstance(self.crf, bool) or not isinstance(self.crf, int)
+                                     or not 0 <= self.crf <= 63):
+            raise OptionError("crf", f"must be from 0 to 63, got {self.crf}")
+
+    def replace(self, **changes) -> VideoOptions:
+        """A validated copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    def container(self, background: bool) -> VideoFormat:
+        """The format written (never ``auto``); ``background``: the cutout is flattened (no alpha).
+
+        ``mp4`` without a background and an H.264 ``crf`` above 51 are OptionErrors.
+        """
+        fmt = self.format
+        if fmt is VideoFormat.auto:
+            fmt = VideoFormat.mp4 if background else VideoFormat.webm
+        if fmt is VideoFormat.mp4 and not background:
+            raise OptionError("format", "mp4 (H.264) has no alpha channel: give --background COLOR|IMAGE to flatten "
+                                        "the video, or use webm or mov")
+        if fmt is VideoFormat.mp4 and self.crf is not None and self.crf > 51:
+            raise OptionError("crf", f"H.264 (mp4) takes 0 to 51, got {self.crf}")
+        return fmt

@@ -7,7 +7,9 @@ stages with small typed interfaces:
 1. :meth:`Eraser.preprocess`: model-side uint8 images -> normalised (B, 3, S, S);
 2. :meth:`Eraser.base`: -> base logits (B, 1, S, S) float32;
 3. :meth:`Eraser.trimap`: -> confidence trimap (B, 1, S, S) uint8 {0, 128, 255};
-4. :meth:`Eraser.refine`: image, probability and trimap -> alpha (B, 1, S, S) in [0, 1];
+4. :meth:`Eraser.refine`: image, probability and trimap -> alpha in [0, 1], at the working
+   resolution for images no larger than it, at the image's own resolution (tiled,
+   :func:`ben_cli.refine.tiles.refine_full_resolution`) for larger ones;
 5. :meth:`Eraser.postprocess`: -> one :class:`Prediction` per image at its own size.
 
 Resizing to the model side (Lanczos, as the official pipeline) is
@@ -20,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +30,10 @@ from PIL import Image
 
 from ben_cli.compose import alpha_to_uint8, resize_alpha
 from ben_cli.config import TrimapConfig
-from ben_cli.device import inference_context, resolve_device, resolve_dtype
+from ben_cli.device import inference_context, keep_cpu_memory, resolve_device, resolve_dtype
 from ben_cli.errors import BenWarning
 from ben_cli.options import InferenceOptions, check_resolution
+from ben_cli.refine import NoRefiner, RefineStage
 from ben_cli.trimap import confidence_trimap
 
 
@@ -54,34 +57,23 @@ class Prediction:
     refiner: str = "none"
 
 
-class RefineStage(Protocol):
-    """What a refiner offers the Eraser (``ben_cli/refine/`` adds the real ones)."""
+def build_refiner(options: InferenceOptions, device: torch.device | None = None) -> RefineStage:
+    """The refine stage that ``options.refiner`` resolves to.
 
-    name: str
-    needs_trimap: bool
+    ``auto``: the network when its weights are found, else ``matting`` (it beats the
+    base probability on every error of ``scripts/bench_refiner.py``). ``net``
+    without weights is an error that says how to get them.
+    """
+    from ben_cli.checkpoints.weights import find_refiner_weights
+    from ben_cli.refine import get_refiner
 
-    def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
-        """image (B, 3, S, S) float in [0, 1], prob (B, 1, S, S) in [0, 1], trimap (B, 1, S, S) uint8
-        -> alpha (B, 1, S, S) float in [0, 1]: 1 where the trimap is 255, 0 where it is 0."""
-        ...
-
-
-class NoRefiner:
-    """The base probability as the alpha."""
-
-    name = "none"
-    needs_trimap = False
-
-    def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
-        return prob
-
-
-def build_refiner(options: InferenceOptions) -> RefineStage:
-    """The refine stage that ``options.refiner`` resolves to."""
-    name = options.resolved_refiner()
-    if name == "none":
-        return NoRefiner()
-    raise ValueError(f"refiner {name!r} is not available")  # InferenceOptions refuses it first
+    name = options.refiner.value
+    if name in ("auto", "net"):
+        weights = find_refiner_weights(options.refiner_weights, required=name == "net")
+        if weights is not None:
+            return get_refiner("net", weights=weights, device=device)
+        name = "matting"
+    return get_refiner(name, device=device)
 
 
 class Eraser:
@@ -89,7 +81,7 @@ class Eraser:
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
                  resolution: int = 1024, trimap: TrimapConfig | None = None, compile: bool = False,
-                 batch_size: int = 1, refiner: RefineStage | None = None,
+                 batch_size: int = 1, refiner: RefineStage | None = None, max_refine_side: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  settings: dict[str, Any] | None = None) -> None:
         prepare = getattr(model, "for_inference", None)
@@ -99,6 +91,7 @@ class Eraser:
         self.resolution = check_resolution(resolution)
         self.trimap_cfg = trimap or TrimapConfig()
         self.refiner: RefineStage = refiner or NoRefiner()
+        self.max_refine_side = max_refine_side
         config = getattr(model, "config", None)
         mean = mean if mean is not None else getattr(config, "mean", (0.485, 0.456, 0.406))
         std = std if std is not None else getattr(config, "std", (0.229, 0.224, 0.225))
@@ -132,6 +125,8 @@ class Eraser:
             options = options.replace(**changes)
         device = resolve_device(options.device)
         dtype = resolve_dtype(options.precision.value, device)
+        if device.type == "cpu":
+            keep_cpu_memory()
         if device.type == "cpu" and dtype != torch.float32:
             warnings.warn(f"{options.precision.value} on the CPU is many times slower than fp32 and no more "
                           "accurate; use --precision fp32", BenWarning, stacklevel=2)
@@ -139,7 +134,8 @@ class Eraser:
         net = build_from_checkpoint(read_checkpoint(path), options.model, str(path))
         settings = {"model": _model_name(net, options.model), "weights": str(path), "version": __version__}
         return cls(net, device=device, dtype=dtype, resolution=options.resolution, compile=options.compile,
-                   batch_size=options.batch_size, refiner=build_refiner(options), settings=settings)
+                   batch_size=options.batch_size, refiner=build_refiner(options, device),
+                   max_refine_side=options.max_refine_side, settings=settings)
 
     # ------------------------------------------------------------------ stages
 
@@ -164,16 +160,31 @@ class Eraser:
                                  t_min=c.t_min, t_max=c.t_max, step=c.step)
 
     def refine(self, rgb: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
-        """The refine stage: -> alpha (B, 1, S, S) float in [0, 1]."""
+        """The refine stage at the working resolution: -> alpha (B, 1, S, S) float in [0, 1]."""
         with torch.inference_mode():
             return self.refiner(rgb, prob, trimap)
 
-    def postprocess(self, alpha: torch.Tensor, trimap: torch.Tensor | None,
+    def refines_at_full_size(self, image: np.ndarray) -> bool:
+        """True when ``image`` (H, W, 3) is refined at its own resolution (larger than the model side)."""
+        return (self.refiner.name != "none" and max(image.shape[:2]) > self.resolution
+                and getattr(self.refiner, "full_resolution", True))
+
+    def refine_full_size(self, image: np.ndarray, prob: torch.Tensor) -> torch.Tensor:
+        """One image (H, W, 3) uint8 and its base probability (1, 1, S, S) -> alpha (1, 1, H, W) float32,
+        refined tile by tile at the image's size (long side capped at ``max_refine_side``)."""
+        from ben_cli.refine.tiles import refine_full_resolution
+
+        with torch.inference_mode():
+            pixels = torch.from_numpy(image).to(self.device, non_blocking=True)
+            return refine_full_resolution(pixels, prob, self.refiner, max_side=self.max_refine_side,
+                                          trimap_config=self.trimap_cfg)
+
+    def postprocess(self, alphas: Sequence[torch.Tensor], trimap: torch.Tensor | None,
                     sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
-        """Alpha (B, 1, S, S) in [0, 1] and trimap -> per-image uint8 arrays at each (H, W)."""
+        """Per-image alpha (1, 1, H, W) in [0, 1] and the working trimap -> uint8 arrays at each (H, W)."""
         out = []
         for i, (h, w) in enumerate(sizes):
-            a = alpha_to_uint8(resize_alpha(alpha[i : i + 1], (h, w)))[0, 0]
+            a = alpha_to_uint8(alphas[i])[0, 0]
             tri = None
             if trimap is not None:
                 t = torch.nn.functional.interpolate(trimap[i : i + 1].float(), size=(h, w), mode="nearest")
@@ -183,16 +194,20 @@ class Eraser:
 
     # ------------------------------------------------------------------ whole pipeline
 
-    def _probability(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None,
-                     want_trimap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Stages 1-4: alpha (B, 1, S, S) in [0, 1] and the trimap (or None)."""
+    def _alphas(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None,
+                want_trimap: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Stages 1-4: each image's alpha (1, 1, H, W) float32 in [0, 1] and the working trimap (or None)."""
         if resized is None:
             resized = [resize_for_model(im, self.resolution) for im in images]
         rgb = self.preprocess(resized)
         logits = self.base(rgb)
+        prob = torch.sigmoid(logits)
         trimap = self.trimap(logits) if want_trimap or self.refiner.needs_trimap else None
-        alpha = self.refine(rgb, torch.sigmoid(logits), trimap)
-        return alpha, trimap if want_trimap else None
+        full = [self.refines_at_full_size(im) for im in images]
+        alpha = prob if all(full) else self.refine(rgb, prob, trimap)
+        alphas = [self.refine_full_size(im, prob[i : i + 1]) if full[i]
+                  else resize_alpha(alpha[i : i + 1].float(), im.shape[:2]) for i, im in enumerate(images)]
+        return alphas, trimap if want_trimap else None
 
     def predict(self, images: Sequence[np.ndarray], *, resized: Sequence[np.ndarray] | None = None,
                 want_trimap: bool = False) -> list[Prediction]:
@@ -203,16 +218,15 @@ class Eraser:
         """
         if not images:
             return []
-        alpha, trimap = self._probability(images, resized, want_trimap)
-        return self.postprocess(alpha, trimap, [im.shape[:2] for im in images])
+        alphas, trimap = self._alphas(images, resized, want_trimap)
+        return self.postprocess(alphas, trimap, [im.shape[:2] for im in images])
 
     def predict_alpha(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """RGB uint8 images -> float32 alpha (H, W) in [0, 1] at each image's size (for evaluation)."""
         if not images:
             return []
-        alpha, _ = self._probability(images, None, False)
-        return [resize_alpha(alpha[i : i + 1].float(), im.shape[:2])[0, 0].cpu().numpy()
-                for i, im in enumerate(images)]
+        alphas, _ = self._alphas(images, None, False)
+        return [a[0, 0].cpu().numpy() for a in alphas]
 
 
 def _model_name(model: torch.nn.Module, requested: str) -> str:

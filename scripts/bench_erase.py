@@ -28,12 +28,6 @@ class FixedTimeModel(torch.nn.Module):
     def __init__(self, ms: float) -> None:
         super().__init__()
         self.ms = ms
-        self.register_buffer("mean", torch.zeros(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.ones(1, 3, 1, 1), persistent=False)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(self.ms / 1000)
         S = x.shape[-1]
@@ -51,9 +45,10 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=1024)
     args = ap.parse_args()
 
-    from ben_cli import runner
-    from ben_cli.io import plan_outputs
+    from ben_cli.engines.local import BatchRun
+    from ben_cli.options import OutputOptions
     from ben_cli.pipeline import Eraser
+    from ben_cli.plan import plan_run
 
     w, h = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,18 +59,16 @@ def main() -> None:
         photo = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)  # smooth, photo-like
         for i in range(args.images):
             photo.save(src / f"img{i:04d}.jpg", quality=90)
-        files = sorted(src.glob("*.jpg"))
-        plan = plan_outputs(files, src, out, ("cutout",))
-        jobs = [runner.Job(str(p), dict(o)) for p, o in plan.items()]
 
         def eraser(ms: float) -> Eraser:
             return Eraser(FixedTimeModel(ms), device=torch.device("cpu"), dtype=torch.float32,
                           resolution=args.resolution)
 
         def run(ms: float, target: Path) -> float:
-            js = [runner.Job(j.name, {k: target / Path(v).name for k, v in j.outputs.items()}) for j in jobs]
+            jobs = plan_run([src], target, ("cutout",)).jobs
             t = time.perf_counter()
-            s = runner.run(js, lambda: eraser(ms), batch_size=args.batch_size, workers=args.workers)
+            s = BatchRun(jobs, lambda: eraser(ms), batch_size=args.batch_size, workers=args.workers,
+                         output=OutputOptions(decontaminate=False)).execute()
             assert s.count("done") == args.images, s.to_json()["totals"]
             return time.perf_counter() - t
 

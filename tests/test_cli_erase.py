@@ -62,7 +62,8 @@ def _decoded_rgb(path: Path) -> np.ndarray:
 
 
 def _check_cutout(path: Path, rgb: np.ndarray) -> np.ndarray:
-    """Assert ``path`` is an RGBA cutout of ``rgb`` (its colours where alpha > 0); return the alpha."""
+    """Assert ``path`` is an RGBA cutout of ``rgb`` (its colours where alpha is 255; semi-transparent
+    pixels carry their decontaminated foreground colour); return the alpha."""
     with Image.open(path) as im:
         assert im.format == "PNG" and im.mode == "RGBA"
         assert im.size == (rgb.shape[1], rgb.shape[0])
@@ -70,7 +71,7 @@ def _check_cutout(path: Path, rgb: np.ndarray) -> np.ndarray:
     alpha = px[..., 3]
     fg = alpha > 0
     assert fg.any()
-    np.testing.assert_array_equal(px[..., :3][fg], rgb[fg])
+    np.testing.assert_array_equal(px[..., :3][alpha == 255], rgb[alpha == 255])
     assert not px[..., :3][~fg].any()  # fully transparent pixels carry no colour
     return alpha
 
@@ -320,8 +321,7 @@ def test_quiet_prints_nothing_but_errors(tmp_path, erase, capsys):
         (["--device", "cuda:0"], "CUDA is not available"),
         (["--device", "tpu"], "device"),
         (["--precision", "fp8"], "'fp8' is not one of"),  # an Enum: --help lists the choices
-        (["--refiner", "net"], "not available"),
-        (["--refiner", "matting"], "not available"),
+        (["--refiner", "net"], "no refiner weights found: train them with `ben train refiner"),  # exists now
         (["--refiner", "sharpest"], "'sharpest' is not one of"),
     ],
 )
@@ -380,20 +380,24 @@ def test_stdout_takes_one_kind_only(tmp_path, erase, capsysbinary):
     assert b"only one --save kind" in captured.err
 
 
-def test_refiner_none_and_auto_run(tmp_path, erase):
+def test_refiner_none_and_auto_run(tmp_path, erase, monkeypatch):
+    monkeypatch.setenv("BEN_CACHE_DIR", str(tmp_path / "cache"))  # no refiner network anywhere
+    monkeypatch.chdir(tmp_path)
     src = _save(tmp_path / "in" / "a.png", _picture(64, 64))
-    assert erase(src.parent, tmp_path / "o1", "--refiner", "none", "--device", "cpu", "--precision", "fp32") == 0
-    assert erase(src.parent, tmp_path / "o2", "--refiner", "auto") == 0
+    assert erase(src.parent, tmp_path / "o1", "--refiner", "matting", "--device", "cpu", "--precision", "fp32") == 0
+    assert erase(src.parent, tmp_path / "o2", "--refiner", "auto") == 0  # auto without network weights: matting
     assert (tmp_path / "o1" / "a.png").read_bytes() == (tmp_path / "o2" / "a.png").read_bytes()
+    assert erase(src.parent, tmp_path / "o3", "--refiner", "none") == 0
+    assert (tmp_path / "o3" / "a.png").read_bytes() != (tmp_path / "o2" / "a.png").read_bytes()
 
 
 # --------------------------------------------------------------------------- bad inputs
 
 
 def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path, erase, capsys, monkeypatch):
-    import ben_cli.io
+    import ben_cli.io.read
 
-    monkeypatch.setattr(ben_cli.io, "heif_available", lambda: False)  # as without pillow-heif
+    monkeypatch.setattr(ben_cli.io.read, "heif_available", lambda: False)  # as without pillow-heif
     src = tmp_path / "in"
     good = {"good1.png": _picture(64, 80, 1), "z/good2.png": _picture(72, 64, 2)}
     for rel, rgb in good.items():

@@ -16,6 +16,7 @@ from PIL import Image, features
 
 from ben_cli import io as bio
 from ben_cli.errors import InputError, UsageError
+from ben_cli.io import write as bio_write
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
@@ -256,7 +257,7 @@ def test_eps_is_never_opened(tmp_path: Path) -> None:
 
 
 def test_heif_without_plugin_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bio, "heif_available", lambda: False)
+    monkeypatch.setattr(bio.read, "heif_available", lambda: False)
     head = (24).to_bytes(4, "big") + b"ftypheic" + b"\x00\x00\x00\x00mif1heic" + b"\x00" * 40
     assert "pip install pillow-heif" in reason(touch(tmp_path / "x.heic", head))
 
@@ -423,6 +424,20 @@ def test_names_equal_but_for_case_are_numbered(tmp_path: Path) -> None:
     assert plan[root / "a.jpg"]["cutout"] == out / "a.jpg~2.png"
 
 
+def test_names_do_not_depend_on_what_a_killed_run_wrote_first(tmp_path: Path) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    inputs = [touch(root / n) for n in ("a.jpg", "a.png", "b.jpg")]
+    entries = [(p, out) for p in inputs]
+    first = bio.name_outputs(entries, ["cutout", "alpha"]).paths
+    assert first[root / "a.jpg"]["cutout"] == out / "a.jpg.png"
+    for victim in inputs:  # a run killed after writing the outputs of one input only
+        for path in first[victim].values():
+            bio.atomic_write_bytes(path, bio.encode_png(RGB, source=victim.name))
+        assert bio.name_outputs(entries, ["cutout", "alpha"]).paths == first, victim.name
+        for path in first[victim].values():
+            path.unlink()
+
+
 def test_plan_without_root_is_flat(tmp_path: Path) -> None:
     out = tmp_path / "out"
     inputs = [tmp_path / "p" / "a.jpg", tmp_path / "q" / "b.jpg"]
@@ -498,7 +513,7 @@ def test_failed_replace_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(bio.os, "replace", broken_replace)
+    monkeypatch.setattr(bio_write.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk on fire"):
         bio.write_png(tmp_path / "a.png", RGB)
     assert os.listdir(tmp_path) == []
@@ -523,7 +538,7 @@ def test_interrupted_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytes
             self.f.flush()
             raise KeyboardInterrupt  # Ctrl-C in the middle of the write
 
-    monkeypatch.setattr(bio.os, "fdopen", HalfWriter)
+    monkeypatch.setattr(bio_write.os, "fdopen", HalfWriter)
     with pytest.raises(KeyboardInterrupt):
         bio.atomic_write_bytes(path, b"new data" * 1000)
     assert path.read_bytes() == b"old complete file"
@@ -571,7 +586,7 @@ def test_clean_stale_temp_files(tmp_path: Path) -> None:
 
 
 def test_temp_names_are_recognised(tmp_path: Path) -> None:
-    fd, tmp = bio._temp_path(tmp_path / ("long" * 40 + ".png"))
+    fd, tmp = bio_write._temp_path(tmp_path / ("long" * 40 + ".png"))
     os.close(fd)
     assert tmp.name.startswith(".") and tmp.name.endswith(".tmp")
     assert bio.clean_stale_temp_files(tmp_path, min_age_s=0) == [tmp]

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ben_cli import runner
 from ben_cli.cli.app import main
+from ben_cli.engines import Interrupted, local, steps
 from ben_cli.pipeline import Eraser
 from ben_cli.plan import plan_run
 
@@ -61,8 +61,8 @@ def _eraser(model: nn.Module) -> Eraser:
 def _run(src: Path, out: Path, model: nn.Module, batch_size: int = 4, **kwargs):
     plan = plan_run([src], out, ["cutout", "alpha"])
     events: list[tuple[str, dict]] = []
-    run = runner.BatchRun(plan.jobs, lambda: _eraser(model), batch_size=batch_size, workers=2,
-                          on_event=lambda name, **info: events.append((name, info)), **kwargs)
+    run = local.BatchRun(plan.jobs, lambda: _eraser(model), batch_size=batch_size, workers=2,
+                         on_event=lambda name, **info: events.append((name, info)), **kwargs)
     return run.execute(), events
 
 
@@ -100,7 +100,7 @@ def test_out_of_memory_retries_one_by_one_and_lowers_the_batch_size(tmp_path):
 def test_read_and_write_failures_of_any_kind_fail_one_image(tmp_path, monkeypatch, stage):
     src = _folder(tmp_path, poison=None)
     if stage == "reading":
-        original = runner.resize_for_model
+        original = steps.resize_for_model
         victim = np.asarray(Image.open(src / "im3.png"))
 
         def resize(rgb, side):
@@ -108,17 +108,19 @@ def test_read_and_write_failures_of_any_kind_fail_one_image(tmp_path, monkeypatc
                 raise MemoryError
             return original(rgb, side)
 
-        monkeypatch.setattr(runner, "resize_for_model", resize)
+        monkeypatch.setattr(steps, "resize_for_model", resize)
         expected = "out of memory while reading"
     else:
-        original = runner.render
+        from ben_cli import output
 
-        def render(kind, image, pred):
+        original = output.render
+
+        def render(kind, image, pred, *args):
             if image.path.endswith("im3.png"):
                 raise RuntimeError("compose broke")
-            return original(kind, image, pred)
+            return original(kind, image, pred, *args)
 
-        monkeypatch.setattr(runner, "render", render)
+        monkeypatch.setattr(output, "render", render)
         expected = "internal error while writing: RuntimeError: compose broke"
     summary, _ = _run(src, tmp_path / "out", StandIn())
     failed = [r for r in summary.results if r.status == "failed"]
@@ -146,7 +148,7 @@ def test_cli_reports_the_failed_image_and_exits_1(tmp_path, stand_in, capsys):
 
 
 @pytest.mark.parametrize(("error", "code", "signal_name"),
-                         [(KeyboardInterrupt(), 130, "SIGINT"), (runner.Interrupted("SIGTERM"), 143, "SIGTERM")])
+                         [(KeyboardInterrupt(), 130, "SIGINT"), (Interrupted("SIGTERM"), 143, "SIGTERM")])
 def test_an_interrupt_writes_the_report_and_says_how_far_it_got(tmp_path, stand_in, capsys, error, code,
                                                                  signal_name):
     stand_in.error = error

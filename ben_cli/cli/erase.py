@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -9,24 +11,88 @@ import typer
 
 from ben_cli.cli import options as opt
 from ben_cli.errors import UsageError
+from ben_cli.options import ImageFormat, OutputOptions, VideoOptions
 
 if TYPE_CHECKING:
+    from ben_cli.engines import RayOptions, RunSummary
     from ben_cli.options import InferenceOptions
-    from ben_cli.plan import Plan
-    from ben_cli.runner import RunSummary
+    from ben_cli.plan import Plan, VideoPlan
 
 SAVE_HELP = ("What to write: cutout (RGBA <stem>.png), alpha (<stem>.alpha.png), trimap (<stem>.trimap.png), "
              "overlay (<stem>.overlay.png, the trimap over the image). Repeat or comma-separate.")
 PATHS_HELP = ("Inputs, then OUTPUT. Inputs: image files, folders (walked recursively) or - for stdin. OUTPUT: a "
               "folder (mirrors a single input folder; created if missing), a .png file (one input image), or - for "
-              "stdout.")
+              "stdout. Folders and files may be fsspec URLs (s3://bucket/photos, gs://..., file://...).")
 
 Report = Annotated[Path | None, typer.Option("--report", metavar="FILE.json", show_default=False,
                                              help="Write the settings, per-file results and totals as JSON "
                                              "(also when the run is interrupted).")]
+_LOOK = "Finishing"
+Decontaminate = Annotated[bool, typer.Option("--decontaminate/--no-decontaminate", rich_help_panel=_LOOK,
+                                             help="Give semi-transparent cutout pixels their estimated foreground "
+                                             "colour, so no halo of the old background shows on a new one.")]
+Background = Annotated[str | None, typer.Option("--background", metavar="COLOR|IMAGE", rich_help_panel=_LOOK,
+                                                show_default=False,
+                                                help="Flatten cutouts onto a colour (white, #00ff00, 0,255,0) or an "
+                                                "image (resized to cover).")]
+
+
+class FileFormat(str, Enum):
+    """``--format``: png/jpg/webp for images, webm/mov/mp4 for videos (the other kind keeps its default)."""
+
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    webm = "webm"
+    mov = "mov"
+    mp4 = "mp4"
+
+
+Format = Annotated[FileFormat | None, typer.Option("--format", rich_help_panel=_LOOK, show_default=False,
+                                                   help="Cutout format. Images: png (default), jpg, webp (these two "
+                                                   "need --background). Videos: webm (VP9 with alpha, default), "
+                                                   "mov (ProRes 4444), mp4 (H.264, needs --background).")]
+_VIDEO = "Video"
+AllFrames = Annotated[bool, typer.Option("--all-frames", metavar="", rich_help_panel=_VIDEO,
+                                         help="Treat animated GIF/WebP/APNG as videos (default: their first frame).")]
+Frames = Annotated[bool, typer.Option("--frames", metavar="", rich_help_panel=_VIDEO,
+                                      help="Write one PNG per frame into <stem>/ instead of a video.")]
+Smooth = Annotated[int, typer.Option("--smooth", metavar="N", rich_help_panel=_VIDEO,
+                                     help="Average the base probability over N neighbouring frames (0: off; less "
+                                     "flicker on static shots, trails on moving edges).")]
+Crf = Annotated[int | None, typer.Option("--crf", metavar="N", rich_help_panel=_VIDEO, show_default=False,
+                                         help="Video quality (VP9 0-63, H.264 0-51; lower is better and larger).")]
+Threshold = Annotated[float | None, typer.Option("--threshold", metavar="T", rich_help_panel=_LOOK, show_default=False,
+                                                 help="Hard edges: alpha 255 where it is above T (0-1), else 0.")]
+PngCompression = Annotated[int | None, typer.Option("--png-compression", metavar="0-9", rich_help_panel=_LOOK,
+                                                    show_default=False,
+                                                    help="PNG zlib level (default: the fastest; 9 is smallest).")]
 Workers = Annotated[int | None, typer.Option("--workers", min=1, metavar="N", show_default=False,
-                                             help="Reader and writer threads each (default: one per CPU core, "
-                                             "at most 8).")]
+                                             help="local: reader and writer threads each (default: one per CPU "
+                                             "core, at most 8). ray: model actors (default: one per GPU of the "
+                                             "cluster, else 1).")]
+_ENGINE = "Engine"
+
+
+class EngineName(str, Enum):
+    """Where ``ben erase`` runs (:mod:`ben_cli.engines`)."""
+
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[EngineName, typer.Option("--engine", rich_help_panel=_ENGINE,
+                                               help="local: this process. ray: a Ray cluster (--ray-address, "
+                                               "$RAY_ADDRESS) or a Ray runtime started here; needs "
+                                               'pip install "ben_cli\\[ray]".')]  # \\[: not Rich markup
+RayAddress = Annotated[str | None, typer.Option("--ray-address", metavar="ADDR", rich_help_panel=_ENGINE,
+                                                show_default=False,
+                                                help="Ray cluster to join (ray://host:10001, host:6379, auto). "
+                                                "Default: $RAY_ADDRESS, else start Ray on this machine.")]
+GpusPerWorker = Annotated[float | None, typer.Option("--gpus-per-worker", min=0, metavar="G", rich_help_panel=_ENGINE,
+                                                     show_default=False,
+                                                     help="GPUs of each ray model actor (default: 1 when the "
+                                                     "cluster has GPUs, else 0: the model on the CPU).")]
 
 
 def erase(
@@ -42,12 +108,26 @@ def erase(
     refiner: opt.RefinerOpt = opt.Refiner.auto,
     refiner_weights: opt.RefinerWeights = None,
     compile: opt.Compile = False,
+    max_refine_side: opt.MaxRefineSide = None,
+    decontaminate: Decontaminate = True,
+    background: Background = None,
+    format: Format = None,
+    threshold: Threshold = None,
+    png_compression: PngCompression = None,
     overwrite: opt.Overwrite = False,
     report: Report = None,
     workers: Workers = None,
+    engine: EngineOpt = EngineName.local,
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = None,
+    all_frames: AllFrames = False,
+    frames: Frames = False,
+    smooth: Smooth = 0,
+    crf: Crf = None,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Remove the background of images: BEN Base -> confidence trimap -> refiner."""
+    """Remove the background of images and videos: BEN Base -> confidence trimap -> refiner."""
+    from ben_cli.engines import RayOptions, check_engine
     from ben_cli.plan import STDIO, parse_kinds
 
     if len(paths) < 2:
@@ -56,23 +136,59 @@ def erase(
     kinds = parse_kinds(save or [])
     options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
                                     resolution=resolution, batch_size=batch_size, refiner=refiner,
-                                    refiner_weights=refiner_weights, compile=compile)
+                                    refiner_weights=refiner_weights, compile=compile,
+                                    max_refine_side=max_refine_side)
+    fmt = None if format is None else format.value
+    finish = OutputOptions(decontaminate=decontaminate, background=background,
+                           format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
+                           png_compression=png_compression)
+    video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
+                         all_frames=all_frames, smooth=smooth, crf=crf)
     check_report_path(report)
+    ray = RayOptions(address=ray_address, gpus_per_worker=gpus_per_worker)
+    check_engine(engine.value)
+    if engine is EngineName.ray and STDIO in (output, *inputs):
+        raise UsageError("--engine ray reads and writes files, folders and URLs, not standard input or output")
+    if engine is EngineName.local and ray != RayOptions():
+        raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
     if output == STDIO:
         refuse_terminal_stdout()
-    check_runnable(options)  # exit 2 even when every output already exists
-    plan = make_plan(inputs, output, kinds)
+    # exit 2 even when every output already exists; a cluster's devices are the workers', not this machine's
+    check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
+    plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
+                     video=video_plan(video, finish))
+    if any(job.video for job in plan.jobs):
+        from ben_cli.video import check_video_support
+
+        check_video_support()  # exit 2 naming the extra, before the model loads
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
-                       no_bar=output == STDIO, title="ben erase")
+                       no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
+                       engine=engine.value, ray=ray, video=video)
     exit_for(summary)
 
 
-def make_plan(inputs: list[str], output: str | None, kinds: tuple[str, ...]) -> Plan:
+def video_plan(video: VideoOptions, output: OutputOptions) -> VideoPlan | None:
+    """What the planner needs to take videos; None when their output names cannot be made (mp4 without a
+    background is then refused only if a video is among the inputs)."""
+    from ben_cli.errors import OptionError
+    from ben_cli.plan import VideoPlan
+    from ben_cli.video import video_suffixes
+
+    try:
+        return VideoPlan(video_suffixes(video, output), all_frames=video.all_frames)
+    except OptionError:
+        if video.format.value == "mp4":
+            raise
+        return None
+
+
+def make_plan(inputs: list[str], output: str | None, kinds: tuple[str, ...],
+              suffixes: dict[str, str] | None = None, video: VideoPlan | None = None) -> Plan:
     """The plan of a run, its notes printed as warnings, stale temp files of killed runs removed."""
     from ben_cli.io import clean_stale_temp_files
     from ben_cli.plan import plan_run
 
-    plan = plan_run(inputs, output, kinds, read_stdin=read_stdin)
+    plan = plan_run(inputs, output, kinds, read_stdin=read_stdin, suffixes=suffixes, video=video)
     for note in plan.notes:
         opt.print_warning(note)
     if plan.out_root is not None and plan.out_root.is_dir():
@@ -120,14 +236,18 @@ def _isatty(stream) -> bool:
         return False
 
 
-def check_runnable(options: InferenceOptions) -> None:
-    """Device and precision available, an explicit weights file present: else exit 2 before any work."""
-    from ben_cli.checkpoints.weights import find_weights
+def check_runnable(options: InferenceOptions, *, device: bool = True) -> None:
+    """Device and precision available (``device=False``: not checked here, for a cluster's workers),
+    an explicit weights file present, refiner weights for ``--refiner net``: else exit 2 before any work."""
+    from ben_cli.checkpoints.weights import find_refiner_weights, find_weights
     from ben_cli.device import resolve_device, resolve_dtype
 
-    resolve_dtype(options.precision.value, resolve_device(options.device))
+    if device:
+        resolve_dtype(options.precision.value, resolve_device(options.device))
     if options.weights is not None:
         find_weights(options.weights, model=options.model, download=False)
+    if options.refiner.value in ("net", "auto"):
+        find_refiner_weights(options.refiner_weights, required=options.refiner.value == "net")
 
 
 def base_settings(options: InferenceOptions) -> dict:
@@ -136,28 +256,22 @@ def base_settings(options: InferenceOptions) -> dict:
 
     return {"model": options.model, "weights": None if options.weights is None else str(options.weights),
             "resolution": options.resolution, "device": options.device, "precision": options.precision.value,
-            "refiner": options.resolved_refiner(), "version": __version__}
+            "refiner": options.refiner.value, "version": __version__}
 
 
 def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers: int | None, report: Path | None,
-             quiet: bool, no_bar: bool, title: str) -> RunSummary:
-    """Run the plan with a progress display; the report is written however the run ends."""
+             quiet: bool, no_bar: bool, title: str, output: OutputOptions | None = None, engine: str = "local",
+             ray: RayOptions | None = None, video: VideoOptions | None = None) -> RunSummary:
+    """Run the plan on ``engine`` with a progress display; the report is written however the run ends."""
     import json
-    import os
     import sys
 
-    from ben_cli import runner
+    from ben_cli.engines import create_run
     from ben_cli.io import atomic_write_bytes
-    from ben_cli.options import default_workers
-
-    def get_eraser():
-        from ben_cli.pipeline import Eraser
-
-        return Eraser.from_options(options)
 
     console = opt.stderr_console(quiet)
-    run = runner.BatchRun(plan.jobs, get_eraser, batch_size=options.batch_size, overwrite=overwrite,
-                          workers=workers or default_workers(), settings=base_settings(options))
+    run = create_run(engine, plan, options, output=output, overwrite=overwrite, workers=workers,
+                     settings=base_settings(options), ray=ray, quiet=quiet, video=video)
     try:
         summary = _execute_with_progress(run, console, quiet or no_bar)
     finally:
@@ -219,6 +333,9 @@ def _execute_with_progress(run, console, no_bar: bool) -> RunSummary:
         elif name == "loaded":
             clock["t0"] = time.perf_counter()  # the rate excludes loading
             progress.update(task, description="erase")
+        elif name == "frames":
+            total = f"/{info['total']}" if info.get("total") else ""
+            progress.update(task, description=f"{Path(info['label']).name}: frame {info['done']}{total}")
         elif name == "batch_size":
             say(f"warning: {info['reason']}: retrying one image at a time, batch size {info['new']} from now on")
 
@@ -236,7 +353,7 @@ def _execute_with_progress(run, console, no_bar: bool) -> RunSummary:
 
 
 def _terminate(signum, frame) -> None:
-    from ben_cli.runner import Interrupted
+    from ben_cli.engines import Interrupted
 
     raise Interrupted("SIGTERM")
 

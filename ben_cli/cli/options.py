@@ -49,6 +49,10 @@ RefinerWeights = Annotated[Path | None, typer.Option("--refiner-weights", metava
                                                      help="Refiner network checkpoint.", rich_help_panel=_MODEL)]
 Compile = Annotated[bool, typer.Option("--compile", metavar="", rich_help_panel=_MODEL,
                                        help="torch.compile the model: minutes to compile, then faster; for long runs.")]
+MaxRefineSide = Annotated[int | None, typer.Option("--max-refine-side", metavar="N", show_default=False,
+                                                   rich_help_panel=_MODEL,
+                                                   help="Refine images larger than the model side at full "
+                                                   "resolution, up to N pixels on the long side (default: no cap).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar and no summary.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", metavar="", help="Redo outputs that already exist.")]
 
@@ -56,14 +60,14 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", metavar="", help="Redo o
 def inference_options(*, model: ModelName | str = "ben2-base", weights: Path | None = None, device: str = "auto",
                       precision: Precision | str = Precision.auto, resolution: int = 1024, batch_size: int = 4,
                       refiner: Refiner | str = Refiner.auto, refiner_weights: Path | None = None,
-                      compile: bool = False):
+                      compile: bool = False, max_refine_side: int | None = None):
     """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags."""
     from ben_cli.options import InferenceOptions
 
     name = model.value if isinstance(model, Enum) else model
     return InferenceOptions(model=name, weights=weights, device=device, precision=precision,
                             resolution=resolution, batch_size=batch_size, refiner=refiner,
-                            refiner_weights=refiner_weights, compile=compile)
+                            refiner_weights=refiner_weights, compile=compile, max_refine_side=max_refine_side)
 
 
 def stderr_console(quiet: bool = False):

@@ -1,0 +1,117 @@
+"""The per-file steps every engine runs, so that every engine reads, predicts and fails alike.
+
+:func:`missing_outputs` (skip what exists), :func:`read_job` (decode and resize to the
+model side), :func:`predict_each` (a batch through the Eraser; a failure retried one image
+at a time, so one bad image fails alone), :func:`failure` (the one-line reason of a
+per-file failure). Writing is :func:`ben_cli.output.write_outputs`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ben_cli.errors import InputError
+from ben_cli.io import LoadedImage, is_file, read_image
+from ben_cli.output import TRIMAP_KINDS
+from ben_cli.pipeline import Eraser, Prediction, resize_for_model
+from ben_cli.plan import Job
+
+Item = tuple[Job, LoadedImage, np.ndarray]
+"""A job, its decoded image and the image at the model side (S, S, 3) uint8."""
+
+
+def read_job(job: Job, side: int) -> tuple[LoadedImage, np.ndarray]:
+    """Decode a job's image and resize it to the model side."""
+    image = read_image(job.source, name=job.label)
+    return image, resize_for_model(image.rgb, side)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA/MPS out-of-memory errors and the CPU's MemoryError."""
+    oom = getattr(torch, "OutOfMemoryError", ())
+    return isinstance(error, MemoryError) or (oom and isinstance(error, oom)) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def failure(error: BaseException, stage: str) -> tuple[str, str | None]:
+    """(one-line reason, traceback for internal errors) of a per-file failure in ``stage``."""
+    if isinstance(error, InputError):
+        return error.reason, None
+    if is_out_of_memory(error):
+        return f"out of memory while {stage}", None
+    if stage == "writing" and isinstance(error, OSError):
+        return f"cannot write output ({error.strerror or error})", None
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    reason = f"internal error while {stage}: {type(error).__name__}{': ' + text if text else ''}"
+    return reason, "".join(traceback.format_exception(error))
+
+
+def missing_outputs(job: Job, overwrite: bool, existing: Collection[str] | None = None) -> Job | None:
+    """``job`` with only the outputs still to write, or None when every output exists.
+
+    ``existing``: the output files found by one listing of the output tree (their
+    ``str``), used instead of asking the file system about each output.
+    """
+    if overwrite or job.to_stdout:
+        return job
+    if existing is not None:
+        todo = {k: p for k, p in job.outputs.items() if str(p) not in existing}
+    else:
+        todo = {k: p for k, p in job.outputs.items()
+                if not (is_file(p) or (job.video and isinstance(p, Path) and p.is_dir()))}  # --frames: folders
+    if not todo:
+        return None
+    return job if len(todo) == len(job.outputs) else replace(job, outputs=todo)
+
+
+def wants_trimap(job: Job) -> bool:
+    """True when one of the job's outputs needs the trimap."""
+    return not TRIMAP_KINDS.isdisjoint(job.outputs)
+
+
+def predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int], None] | None = None,
+                 ) -> list[tuple[Item, Prediction | None, Exception | None]]:
+    """Predict a batch; on failure retry its images one by one, so one bad image fails alone.
+
+    Returns (item, prediction or None, error or None) per item, in order. When the batch
+    runs out of memory, the device cache is freed and ``on_oom(len(batch))`` is called
+    (the caller lowers its batch size) before the one-by-one retry.
+    """
+    want_trimap = any(wants_trimap(item[0]) for item in batch)
+    try:
+        preds = eraser.predict([b[1].rgb for b in batch], resized=[b[2] for b in batch], want_trimap=want_trimap)
+        return [(item, pred, None) for item, pred in zip(batch, preds)]
+    except Exception as e:
+        if len(batch) == 1:
+            return [(batch[0], None, e)]
+        if is_out_of_memory(e):
+            free_memory(eraser)
+            if on_oom is not None:
+                on_oom(len(batch))
+    out: list[tuple[Item, Prediction | None, Exception | None]] = []
+    for item in batch:
+        try:
+            pred = eraser.predict([item[1].rgb], resized=[item[2]], want_trimap=wants_trimap(item[0]))[0]
+            out.append((item, pred, None))
+        except Exception as e:
+            if is_out_of_memory(e):
+                free_memory(eraser)
+            out.append((item, None, e))
+    return out
+
+
+def lowered_batch_size(current: int, failed_at: int) -> int:
+    """The batch size after running out of memory at ``failed_at`` images: half, at least 1."""
+    return max(1, min(current, failed_at) // 2)
+
+
+def free_memory(eraser: Eraser) -> None:
+    """Return the device's cached blocks after an out-of-memory error."""
+    if eraser.device.type == "cuda":
+        torch.cuda.empty_cache()

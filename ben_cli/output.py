@@ -1,0 +1,93 @@
+"""Finishing and writing one input's outputs: shared by every engine (local, Ray, video).
+
+:func:`render` turns a :class:`~ben_cli.pipeline.Prediction` into the array of one
+output kind (cutout, alpha, trimap, overlay) with the writer's
+:class:`~ben_cli.options.OutputOptions` (threshold, decontamination, background);
+:func:`write_outputs` encodes and writes every output of a job atomically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ben_cli.compose import composite, cover_resize, cutout, decontaminate, multiply_alpha, threshold_alpha
+from ben_cli.errors import InputError
+from ben_cli.io import LoadedImage, atomic_write_bytes, encode_image, read_image, write_stdout_bytes
+from ben_cli.options import OutputOptions
+from ben_cli.pipeline import Prediction
+from ben_cli.plan import STDIO, Job
+from ben_cli.trimap import trimap_overlay
+
+TRIMAP_KINDS = frozenset({"trimap", "overlay"})
+"""Output kinds that need the trimap computed."""
+
+
+def render(kind: str, image: LoadedImage, pred: Prediction, output: OutputOptions | None = None,
+           background: torch.Tensor | None = None) -> np.ndarray:
+    """The array written for one output kind (H, W[, 3 or 4]) uint8: RGBA cutout (RGB when flattened
+    onto a background), alpha, trimap, or the trimap overlay picture (RGB).
+
+    The input's own transparency is kept (alpha and cutout use model alpha times input
+    alpha); ``output`` says how to finish the cutout (threshold, decontamination,
+    background colour or ``background`` image (3, h, w) uint8).
+    """
+    output = output or OutputOptions()
+    if kind in TRIMAP_KINDS:
+        if pred.trimap is None:
+            raise ValueError("trimap was not computed")
+        if kind == "trimap":
+            return pred.trimap
+        rgb = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
+        return trimap_overlay(rgb, torch.from_numpy(pred.trimap)[None, None])[0].permute(1, 2, 0).contiguous().numpy()
+    alpha = torch.from_numpy(pred.alpha)[None, None]
+    if image.alpha is not None:
+        alpha = multiply_alpha(alpha, torch.from_numpy(image.alpha)[None, None])
+    if output.threshold is not None:
+        alpha = threshold_alpha(alpha, output.threshold)
+    if kind == "alpha":
+        return alpha[0, 0].numpy()
+    rgb = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
+    if output.decontaminate:
+        rgb = decontaminate(rgb, alpha)
+    if output.background is not None:
+        colour = output.background_colour()
+        if colour is None:
+            if background is None:
+                raise ValueError("the background image was not loaded")
+            bg: tuple[int, int, int] | torch.Tensor = cover_resize(background, tuple(rgb.shape[2:]))[None]
+        else:
+            bg = colour
+        return composite(rgb, alpha, bg)[0].permute(1, 2, 0).contiguous().numpy()
+    return cutout(rgb, alpha)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def write_outputs(job: Job, image: LoadedImage, pred: Prediction, output: OutputOptions | None = None,
+                  background: torch.Tensor | None = None) -> list[str]:
+    """Render, encode and write every output of ``job`` (atomically; ``-`` is stdout)."""
+    output = output or OutputOptions()
+    written = []
+    for kind, target in job.outputs.items():
+        cut = kind == "cutout"
+        data = encode_image(render(kind, image, pred, output, background), output.format.value if cut else "png",
+                            icc_profile=image.icc_profile if cut else None, compression=output.png_compression,
+                            quality=output.quality, source=job.source_name)
+        if target == STDIO:
+            write_stdout_bytes(data)
+        else:
+            atomic_write_bytes(target, data)  # a local path or an fsspec URL
+        written.append(str(target))
+    return written
+
+
+def load_background(output: OutputOptions) -> torch.Tensor | None:
+    """The background image (3, h, w) uint8 when ``output.background`` names a file, else None."""
+    if output.background is None or output.background_colour() is not None:
+        return None
+    from ben_cli.errors import OptionError
+
+    try:
+        loaded = read_image(output.background)
+    except InputError as e:
+        raise OptionError("background", f"cannot use {e.path}: {e.reason}") from None
+    return torch.from_numpy(loaded.rgb).permute(2, 0, 1).contiguous()
