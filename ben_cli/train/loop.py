@@ -196,10 +196,8 @@ class _StopSignals:
 
 
 def _worker_init(_: int) -> None:
-    """DataLoader workers ignore Ctrl-C and SIGTERM (a terminal, ``timeout`` or a scheduler signals the
-    whole process group): the main process stops the run after saving, then shuts them down."""
+    """DataLoader workers ignore Ctrl-C: the main process stops the run after saving."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- log and plot
