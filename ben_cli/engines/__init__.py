@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -124,6 +124,30 @@ class Results:
         self.results.append(result)
         if self.on_result:
             self.on_result(result)
+
+    def execute(self) -> RunSummary:
+        """Process every job (the engine's ``_execute``); Ctrl-C/SIGTERM end it early (``interrupted``)."""
+        try:
+            self._execute()
+        except KeyboardInterrupt as e:
+            self.interrupted = getattr(e, "signal_name", "SIGINT")
+        return self.summary()
+
+    def _execute(self) -> None:
+        raise NotImplementedError
+
+    def pending(self, overwrite: bool, existing: Collection[str] | None) -> list[Job]:
+        """The jobs with outputs left to write (only those outputs); the others are recorded as skipped."""
+        from ben_cli.engines.steps import missing_outputs
+
+        todo: list[Job] = []
+        for job in self.jobs:
+            left = missing_outputs(job, overwrite, existing)
+            if left is None:
+                self.record(FileResult(job.label, "skipped", [str(p) for p in job.outputs.values()]))
+            else:
+                todo.append(left)
+        return todo
 
     def summary(self) -> RunSummary:
         """The results so far, in input order (valid after :meth:`execute` ended in any way)."""

@@ -18,12 +18,11 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ben_cli.engines import FileResult, Results, RunSummary
+from ben_cli.engines import FileResult, Results
 from ben_cli.engines.steps import (
     Item,
     failure,
     lowered_batch_size,
-    missing_outputs,
     predict_each,
     read_job,
 )
@@ -59,22 +58,8 @@ class BatchRun(Results):
         self.video = video
         self.background = load_background(self.output)
 
-    def execute(self) -> RunSummary:
-        """Process every job; returns :meth:`summary`. Ctrl-C/SIGTERM end it early (``interrupted``)."""
-        try:
-            self._execute()
-        except KeyboardInterrupt as e:
-            self.interrupted = getattr(e, "signal_name", "SIGINT")
-        return self.summary()
-
     def _execute(self) -> None:
-        todo: list[Job] = []
-        for job in self.jobs:
-            left = missing_outputs(job, self.overwrite, self.existing)
-            if left is None:
-                self.record(FileResult(job.label, "skipped", [str(p) for p in job.outputs.values()]))
-            else:
-                todo.append(left)
+        todo = self.pending(self.overwrite, self.existing)
         if not todo:
             return
         self.on_event("loading")

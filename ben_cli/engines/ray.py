@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ben_cli.engines import FileResult, RayOptions, Results, RunSummary
+from ben_cli.engines import FileResult, RayOptions, Results
 from ben_cli.errors import BenError, BenWarning, EngineError
 from ben_cli.options import InferenceOptions, OutputOptions, cpu_count
 from ben_cli.plan import Job
@@ -78,24 +78,8 @@ class RayRun(Results):
         self.task_retries = max(0, task_retries)
         self._ray_seconds = 0.0
 
-    def execute(self) -> RunSummary:
-        """Process every job; returns :meth:`summary`. Ctrl-C/SIGTERM end it early (``interrupted``)."""
-        try:
-            self._execute()
-        except KeyboardInterrupt as e:
-            self.interrupted = getattr(e, "signal_name", "SIGINT")
-        return self.summary()
-
     def _execute(self) -> None:
-        from ben_cli.engines.steps import missing_outputs
-
-        todo: list[Job] = []
-        for job in self.jobs:
-            left = missing_outputs(job, self.overwrite, self.existing)
-            if left is None:
-                self.record(FileResult(job.label, "skipped", [str(p) for p in job.outputs.values()]))
-            else:
-                todo.append(left)
+        todo = self.pending(self.overwrite, self.existing)
         if not todo:
             return  # nothing to do: Ray is not even started
         import ray
