@@ -55,11 +55,13 @@ class BenConfig:
     def from_dict(cls, d: dict[str, Any]) -> BenConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         d = dict(d)
-        backbone = SwinConfig(**_tuples(d.pop("backbone", {}), SwinConfig))
-        return cls(backbone=backbone, **_tuples(d, cls))
+        backbone = SwinConfig(**config_kwargs(d.pop("backbone", {}), SwinConfig))
+        return cls(backbone=backbone, **config_kwargs(d, cls))
 
 
-def _tuples(d: dict[str, Any], cls: type) -> dict[str, Any]:
+def config_kwargs(d: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A config's stored (JSON) fields as ``cls(**kwargs)`` arguments: lists back to tuples; unknown keys
+    are a ValueError."""
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:

@@ -40,14 +40,14 @@ The file reads top to bottom: helpers, blocks, the model, configs, entry points.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD
+from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD, config_kwargs
 
 IN_CHANNELS = 7  # RGB, probability, trimap one-hot (background, unknown, foreground)
 
@@ -246,11 +246,7 @@ class RefinerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RefinerConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown RefinerConfig keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**config_kwargs(d, cls))
 
 
 REFINER_MODELS: dict[str, RefinerConfig] = {
