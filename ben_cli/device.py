@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -59,14 +59,104 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def inference_context(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """``inference_mode`` plus autocast to ``dtype`` when it is not fp32."""
+def inference_context(device: torch.device, dtype: torch.dtype, autocast: bool = True) -> Iterator[None]:
+    """``inference_mode``, plus autocast to ``dtype`` when ``autocast`` and ``dtype`` is not fp32.
+
+    ``autocast=False`` is for a model whose weights are already in ``dtype`` (see
+    :func:`weights_dtype`): its input is cast once and no op is wrapped.
+    """
     with torch.inference_mode():
-        if dtype == torch.float32:
+        if dtype == torch.float32 or not autocast:
             yield
         else:
             with torch.autocast(device_type=device.type, dtype=dtype):
                 yield
+
+
+def weights_dtype(dtype: torch.dtype, autocast: bool) -> torch.dtype:
+    """The dtype an inference model's weights are kept in: ``dtype`` itself (cast once at load,
+    no per-op copies), or float32 when ``autocast`` runs the ops in ``dtype`` instead."""
+    return torch.float32 if autocast else dtype
+
+
+def cpu_supports(dtype: torch.dtype) -> bool:
+    """True when this CPU runs ``dtype`` natively in oneDNN (bf16: AVX512-BF16 or AMX; fp16:
+    AVX512-FP16 or AMX-FP16); elsewhere torch falls back to slow reference kernels."""
+    if dtype == torch.float32:
+        return True
+    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    try:
+        return bool(probe and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, probe)())
+    except (AttributeError, RuntimeError):  # a build without the probe
+        return False
+
+
+def slow_precision_warning(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A one-line warning when ``dtype`` on ``device`` is much slower than fp32 (a CPU without
+    native kernels for it), else None."""
+    if device.type != "cpu" or cpu_supports(dtype):
+        return None
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return (f"{name} on the CPU without native {name} kernels (this one has none) is many times slower than fp32 "
+            "and no more accurate; use --precision fp32")
+
+
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def configure_compile_cache() -> str:
+    """Point torch.compile's on-disk caches at ``<ben cache>/compile`` unless ``$TORCHINDUCTOR_CACHE_DIR``
+    is set, and turn on inductor's FX graph cache and the AOTAutograd cache.
+
+    A second run of the same model, shapes, dtype and torch version then loads the compiled
+    kernels instead of compiling them (dynamo still traces the model: seconds, not minutes).
+    torch writes its own default (``/tmp/torchinductor_<user>``) into the environment when
+    ``torch._dynamo`` is imported, so that value counts as unset. Returns the cache folder.
+    """
+    import os
+
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = os.path.abspath(default_cache_dir())
+    except ImportError:  # another torch layout: only an unset variable is ours to set
+        torch_default = None
+    current = os.environ.get(COMPILE_CACHE_ENV)
+    if not current or os.path.abspath(current) == torch_default:
+        from ben_cli.checkpoints.weights import cache_dir
+
+        os.environ[COMPILE_CACHE_ENV] = str(cache_dir() / "compile")
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True  # both are torch's defaults; an explicit =0 in the environment wins
+    if hasattr(functorch_config, "enable_autograd_cache"):
+        functorch_config.enable_autograd_cache = True
+    return os.environ[COMPILE_CACHE_ENV]
+
+
+def compile_model(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` an inference model for fixed input shapes, with the on-disk cache on.
+
+    CUDA: mode ``reduce-overhead`` (inductor kernels replayed as CUDA graphs). A CUDA graph's
+    outputs live in memory the next call overwrites, so the caller must clone what it keeps
+    (:func:`uses_cuda_graphs`). Elsewhere: the default mode. Shapes are static
+    (``dynamic=False``): each batch shape compiles once, so callers pad to one batch size.
+    """
+    configure_compile_cache()
+    mode = "reduce-overhead" if uses_cuda_graphs(device) else None
+    return torch.compile(model, dynamic=False, mode=mode)
+
+
+def uses_cuda_graphs(device: torch.device) -> bool:
+    """True when :func:`compile_model` on ``device`` replays CUDA graphs (outputs overwritten by the next call)."""
+    return device.type == "cuda"
+
+
+def mark_compiled_step(device: torch.device) -> None:
+    """Tell CUDA-graph trees that a new inference step starts (the previous outputs are no longer read)."""
+    if uses_cuda_graphs(device):
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def resolve_train_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -123,3 +213,32 @@ def keep_cpu_memory() -> bool:
     ok = mallopt(m_mmap_threshold, 1 << 30) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
     _ALLOCATOR_TUNED = ok
     return ok
+
+
+def resolve_devices(spec: str = "auto") -> list[torch.device]:
+    """The devices of ``--device``, one model replica each (at least one).
+
+    ``auto`` or ``cuda`` with several visible GPUs: all of them (``cuda:0`` .. ``cuda:N-1``);
+    a comma-separated list (``cuda:0,cuda:2``): those, in that order; a list of CPUs
+    (``cpu,cpu``): as many replicas on the CPU, which share its cores (for tests and
+    experiments). Anything else is ``[resolve_device(spec)]``. A GPU listed twice, an index
+    that does not exist, ``auto`` or a bare ``cuda`` inside a list, and a list mixing
+    device types are errors that name the device.
+    """
+    parts = [part.strip().lower() for part in str(spec).split(",")]
+    if len(parts) == 1:
+        if parts[0] in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+            return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        return [resolve_device(parts[0])]
+    devices: list[torch.device] = []
+    for part in parts:
+        if part in ("", "auto", "cuda"):
+            what = repr(part) if part else "an empty entry"
+            raise UsageError(f"device list {spec!r}: name each device ({what} is not one; use e.g. cuda:0,cuda:1)")
+        device = resolve_device(part)
+        if devices and device.type != devices[0].type:
+            raise UsageError(f"device list {spec!r} mixes {devices[0].type} and {device.type}: use one kind")
+        if device.type != "cpu" and device in devices:
+            raise UsageError(f"device {part!r} is listed twice in {spec!r}")
+        devices.append(device)
+    return devices

@@ -35,7 +35,9 @@ class Refiner(str, Enum):
     none = "none"
 
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$|^(cpu|mps|cuda(:\d+)?)(,(cpu|mps|cuda(:\d+)?))+$")
+"""One device, or a comma-separated list of them (one model replica each; see
+:func:`ben_cli.device.resolve_devices`)."""
 
 
 def _enum(cls: type[Enum], value: object, param: str):
@@ -73,7 +75,11 @@ class InferenceOptions:
 
     Built once per command; ``__post_init__`` validates and normalises every
     field, so an instance is always valid. ``weights=None`` searches for the
-    file of ``model`` (see ``ben weights``).
+    file of ``model`` (see ``ben weights``). ``precision`` fp16/bf16 (and ``auto``
+    on CUDA) keep the model's weights in that dtype; ``autocast`` keeps them in
+    float32 and runs the ops under ``torch.autocast`` instead (the slower, older
+    path; a no-op where the precision resolves to fp32). ``compile``:
+    ``torch.compile``, cached on disk (:func:`ben_cli.device.compile_model`).
     """
 
     model: str = "ben2-base"
@@ -86,6 +92,7 @@ class InferenceOptions:
     refiner_weights: Path | None = None
     compile: bool = False
     max_refine_side: int | None = None
+    autocast: bool = False
 
     def __post_init__(self) -> None:
         from ben_cli.models.registry import MODELS
@@ -98,9 +105,10 @@ class InferenceOptions:
         check_resolution(self.resolution)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise OptionError("batch_size", f"must be at least 1, got {self.batch_size}")
-        device = str(self.device).strip().lower()
+        device = ",".join(part.strip() for part in str(self.device).strip().lower().split(","))
         if not _DEVICE_RE.match(device):
-            raise OptionError("device", f"unknown device {self.device!r} (use auto, cpu, cuda, cuda:N or mps)")
+            raise OptionError("device", f"unknown device {self.device!r} (use auto, cpu, cuda, cuda:N, mps, "
+                                        "or a list such as cuda:0,cuda:2)")
         set_(self, "device", device)
         for name in ("weights", "refiner_weights"):
             value = getattr(self, name)
@@ -109,6 +117,8 @@ class InferenceOptions:
         if self.refiner_weights is not None and self.refiner not in (Refiner.auto, Refiner.net):
             raise OptionError("refiner_weights", f"only the net refiner takes weights (--refiner {self.refiner.value} "
                                                  "has none)")
+        if self.autocast and self.precision is Precision.fp32:
+            raise OptionError("autocast", "runs the model in fp16 or bf16: use it with --precision fp16, bf16 or auto")
         if self.max_refine_side is not None and (isinstance(self.max_refine_side, bool) or self.max_refine_side < 64):
             raise OptionError("max_refine_side", f"must be at least 64 pixels, got {self.max_refine_side}")
 

@@ -19,7 +19,7 @@ Resizing to the model side (Lanczos, as the official pipeline) is
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,17 @@ from PIL import Image
 
 from ben_cli.compose import alpha_to_uint8, resize_alpha
 from ben_cli.config import TrimapConfig
-from ben_cli.device import inference_context, keep_cpu_memory, resolve_device, resolve_dtype
+from ben_cli.device import (
+    compile_model,
+    inference_context,
+    keep_cpu_memory,
+    mark_compiled_step,
+    resolve_device,
+    resolve_dtype,
+    slow_precision_warning,
+    uses_cuda_graphs,
+    weights_dtype,
+)
 from ben_cli.errors import BenWarning
 from ben_cli.options import InferenceOptions, check_resolution
 from ben_cli.refine import NoRefiner, RefineStage
@@ -83,11 +93,18 @@ class Eraser:
                  resolution: int = 1024, trimap: TrimapConfig | None = None, compile: bool = False,
                  batch_size: int = 1, refiner: RefineStage | None = None, max_refine_side: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, autocast: bool = False) -> None:
+        """``dtype``: the compute dtype. fp16/bf16 keep the model's weights in ``dtype`` (cast once
+        here; the input is fed in ``dtype``, no op is wrapped), unless ``autocast``: then the weights
+        stay float32 and ``torch.autocast`` runs the ops in ``dtype``. A model whose weights are not
+        in the dtype kept is copied before the cast (the caller's model keeps its dtype). Base logits
+        come back float32 either way. ``compile``: :func:`ben_cli.device.compile_model`.
+        """
         prepare = getattr(model, "for_inference", None)
         model = prepare() if callable(prepare) else model
-        self.model = model.eval().to(device)
         self.device, self.dtype = device, dtype
+        self.autocast = autocast and dtype != torch.float32
+        self.model = _inference_copy(model.eval(), device, weights_dtype(dtype, self.autocast))
         self.resolution = check_resolution(resolution)
         self.trimap_cfg = trimap or TrimapConfig()
         self.refiner: RefineStage = refiner or NoRefiner()
@@ -101,11 +118,21 @@ class Eraser:
         # batch shape, so batches are padded to ``batch_size`` when it is on.
         self.batch_size = batch_size
         self.compiled = compile
-        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._forward = self._make_forward()
         self.settings: dict[str, Any] = {
             "resolution": self.resolution, "device": str(device), "precision": _DTYPE_NAMES.get(dtype, str(dtype)),
-            "refiner": self.refiner.name, **(settings or {}),
+            "autocast": self.autocast, "refiner": self.refiner.name, **(settings or {}),
         }
+
+    def _make_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The model, or with ``compiled`` the model compiled for this device (its input-independent
+        constants built first, so the graph only reads them)."""
+        if not self.compiled:
+            return self.model
+        prepare = getattr(self.model, "prepare", None)
+        if callable(prepare):
+            prepare(self.resolution, dtypes=(weights_dtype(self.dtype, self.autocast), self.dtype))
+        return compile_model(self.model, self.device)
 
     @classmethod
     def from_options(cls, options: InferenceOptions | str | Path | None = None, **changes: Any) -> Eraser:
@@ -127,15 +154,16 @@ class Eraser:
         dtype = resolve_dtype(options.precision.value, device)
         if device.type == "cpu":
             keep_cpu_memory()
-        if device.type == "cpu" and dtype != torch.float32:
-            warnings.warn(f"{options.precision.value} on the CPU is many times slower than fp32 and no more "
-                          "accurate; use --precision fp32", BenWarning, stacklevel=2)
+        slow = slow_precision_warning(device, dtype)
+        if slow:
+            warnings.warn(slow, BenWarning, stacklevel=2)
         path = find_weights(options.weights, model=options.model)
         net = build_from_checkpoint(read_checkpoint(path), options.model, str(path))
+        net = net.to(device=device, dtype=weights_dtype(dtype, options.autocast))  # ours: cast in place, no copy
         settings = {"model": _model_name(net, options.model), "weights": str(path), "version": __version__}
         return cls(net, device=device, dtype=dtype, resolution=options.resolution, compile=options.compile,
                    batch_size=options.batch_size, refiner=build_refiner(options, device),
-                   max_refine_side=options.max_refine_side, settings=settings)
+                   max_refine_side=options.max_refine_side, settings=settings, autocast=options.autocast)
 
     # ------------------------------------------------------------------ stages
 
@@ -145,13 +173,20 @@ class Eraser:
         return x.permute(0, 3, 1, 2).float().div_(255.0)
 
     def base(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) float in [0, 1] -> base logits (B, 1, S, S) float32 (normalised here)."""
-        batch = (rgb - self.mean) / self.std
+        """(B, 3, S, S) float in [0, 1] -> base logits (B, 1, S, S) float32 (normalised here, in float32,
+        then fed in the weights' dtype)."""
+        batch = ((rgb - self.mean) / self.std).to(weights_dtype(self.dtype, self.autocast))
         n = batch.shape[0]
         if self.compiled and n < self.batch_size:  # keep one shape: no recompilation for the last batch
             batch = torch.cat([batch, batch.new_zeros(self.batch_size - n, *batch.shape[1:])])
-        with inference_context(self.device, self.dtype):
-            return self._forward(batch)[:n].float()
+        graphs = self.compiled and uses_cuda_graphs(self.device)
+        with inference_context(self.device, self.dtype, autocast=self.autocast):
+            if graphs:
+                mark_compiled_step(self.device)
+            raw = self._forward(batch)[:n]
+        logits = raw.float()
+        # A CUDA graph's output is overwritten by its next replay; float() returns a float32 tensor itself.
+        return logits.clone() if graphs and logits is raw else logits
 
     def trimap(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, 1, S, S) logits -> confidence trimap (B, 1, S, S) uint8 (paper Algorithms 1-2)."""
@@ -228,6 +263,45 @@ class Eraser:
         alphas, _ = self._alphas(images, None, False)
         return [a[0, 0].cpu().numpy() for a in alphas]
 
+    # ------------------------------------------------------------------ several devices
+
+    def replicate(self, device: torch.device | str) -> Eraser:
+        """This Eraser on ``device``, for one model replica per device (:func:`load_erasers`).
+
+        Same weights (each tensor copied straight to ``device``; the checkpoint is not read
+        again), dtype, resolution, trimap settings, refiner (a network refiner is copied too),
+        batch size and compile setting; ``settings["device"]`` names ``device``. The copy
+        shares nothing that a forward pass changes, so replicas may run in parallel threads.
+        """
+        import copy
+
+        device = torch.device(device)
+        twin = copy.copy(self)
+        moved: dict[int, Any] = {}
+        for name, value in vars(self).items():
+            if name != "_forward":
+                setattr(twin, name, _on_device(value, device, moved))
+        twin.device = device
+        twin._forward = twin._make_forward()  # compiled (and its constants built) for ``device`` like the original
+        twin.settings = {**self.settings, "device": str(device)}
+        return twin
+
+
+def _inference_copy(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` on ``device`` with its floating-point parameters and buffers in ``dtype``.
+
+    When any of them is in another dtype, a copy is cast (a caller who keeps using its float32
+    model is not handed a half-precision one); otherwise the model itself is moved.
+    """
+    import itertools
+
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+        import copy
+
+        model = copy.deepcopy(model)
+    return model.to(device=device, dtype=dtype)
+
 
 def _model_name(model: torch.nn.Module, requested: str) -> str:
     """The registry name whose configuration the loaded model has (``custom`` for none)."""
@@ -241,3 +315,61 @@ def _model_name(model: torch.nn.Module, requested: str) -> str:
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
+
+def _copy_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers are copied straight to ``device``
+    (no second copy on the source device on the way). Caches of derived constants (a submodule's
+    ``*_cache`` attributes, e.g. :func:`ben_cli.models.cache.module_cache`) start empty."""
+    import copy
+    import itertools
+
+    memo: dict[int, Any] = {}
+    for sub in module.modules():
+        for name, value in vars(sub).items():
+            if name.endswith("_cache") and isinstance(value, dict):
+                memo[id(value)] = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if id(t) not in memo:
+            data = t.detach().to(device, copy=True)
+            memo[id(t)] = torch.nn.Parameter(data, t.requires_grad) if isinstance(t, torch.nn.Parameter) else data
+    return copy.deepcopy(module, memo)
+
+
+def _on_device(value: Any, device: torch.device, moved: dict[int, Any]) -> Any:
+    """``value`` for a replica on ``device``: tensors and modules copied there (each once, by
+    identity), an object holding some (a network refiner) shallow-copied with them moved; other
+    values (numbers, configs, training-free refiners) shared."""
+    import copy
+
+    if id(value) in moved:
+        return moved[id(value)]
+    if isinstance(value, torch.nn.Module):
+        out: Any = _copy_module(value, device)
+    elif isinstance(value, torch.Tensor):
+        out = value.to(device)
+    elif hasattr(value, "__dict__") and any(isinstance(v, (torch.nn.Module, torch.Tensor))
+                                            for v in vars(value).values()):
+        out = copy.copy(value)
+        for name, v in vars(value).items():
+            if isinstance(v, (torch.nn.Module, torch.Tensor)):
+                object.__setattr__(out, name, _on_device(v, device, moved))
+    else:
+        return value
+    moved[id(value)] = out
+    return out
+
+
+def load_erasers(options: InferenceOptions) -> list[Eraser]:
+    """One Eraser per device of ``options.device`` (:func:`ben_cli.device.resolve_devices`).
+
+    One device: ``[Eraser.from_options(options)]``. Several: the weights are read once, onto
+    the first device, and :meth:`Eraser.replicate` copies the model to each other device;
+    each Eraser's ``settings["device"]`` names its own device.
+    """
+    from ben_cli.device import resolve_devices
+
+    devices = resolve_devices(options.device)
+    if len(devices) == 1:
+        return [Eraser.from_options(options)]
+    first = Eraser.from_options(options.replace(device=str(devices[0])))
+    return [first, *(first.replicate(device) for device in devices[1:])]

@@ -83,7 +83,9 @@ def convert_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     for key, value in state_dict.items():
         if key.endswith("relative_position_index"):
             window = round(value.shape[0] ** 0.5)
-            ref = expected.setdefault(window, relative_position_index(window))
+            if window not in expected:  # once per window size, not per block
+                expected[window] = relative_position_index(window)
+            ref = expected[window]
             if value.shape != ref.shape or not torch.equal(value.to(torch.int64), ref):
                 raise ValueError(f"{key}: not the standard Swin relative position index")
             continue

@@ -22,6 +22,7 @@ Only safe loaders are used: safetensors, or ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
@@ -112,7 +113,7 @@ def _not_a_checkpoint(path: Path, reason: str) -> CheckpointError:
 
 
 def _torch_load(path: Path, kind: str) -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors."""
+    """``torch.load(weights_only=True)`` with one-line errors; zip files are memory-mapped (copy-on-write)."""
     if kind == "zip":
         try:
             with zipfile.ZipFile(path) as z:
@@ -122,6 +123,8 @@ def _torch_load(path: Path, kind: str) -> Any:
                                   "(its zip directory is unreadable)") from None
         if not any(n.endswith("data.pkl") for n in names):
             raise _not_a_checkpoint(path, "a zip archive without PyTorch data")
+        with contextlib.suppress(Exception):  # mapped, not read: a file the cache cannot hold loads fast too
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -168,13 +171,19 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, *, cache: bool | None = None) -> Checkpoint:
     """Read a checkpoint file safely, convert official keys to ours, and parse what it says about itself.
+
+    A pickled file (``.pth``, ``.pt``) is read from its safetensors cache when
+    a valid one exists, and cached after it was read otherwise (see
+    :mod:`ben_cli.checkpoints.cache`); ``cache=False`` does neither, ``None``
+    follows ``$BEN_NO_WEIGHTS_CACHE``. The tensors are then memory-mapped from
+    the cache, copy-on-write. Same tensors and metadata either way.
 
     Raises CheckpointError (one line) for missing, foreign, damaged or unsafe
     files, unknown architectures, newer format versions and bad configs.
     """
-    from ben_cli.models.registry import UnknownArchError, get_arch
+    from ben_cli.checkpoints import cache as weights_cache
 
     path = Path(path)
     if path.is_dir():
@@ -182,11 +191,47 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     kind = _sniff(path)
+    use_cache = kind in ("zip", "pickle") and (weights_cache.enabled() if cache is None else cache)
+    source = None
+    if use_cache:
+        try:
+            source = weights_cache.source_of(path)  # before reading: a file changed meanwhile is cached as stale
+        except OSError:
+            use_cache = False
+    if use_cache:
+        hit = weights_cache.load(path, source)
+        if hit is not None:
+            sd, info, _ = hit
+            try:
+                return _checkpoint(path, sd, info["version"] > 0, info["version"], info["arch"], info["config"],
+                                   info["metadata"], official=info["official"])
+            except (CheckpointError, KeyError, TypeError):
+                pass  # a cache this ben cannot use: read the source, and write the cache again
+    raw = _read_file(path, kind)
+    ckpt = _checkpoint(path, *raw)
+    if use_cache and source is not None:
+        info = {"official": ckpt.official, "arch": ckpt.arch, "version": ckpt.version, "config": raw[4],
+                "metadata": ckpt.metadata}
+        weights_cache.store(path, source, ckpt.state_dict, info)
+    return ckpt
+
+
+_Raw = tuple[Any, bool, Any, Any, Any, Any]  # state dict, ours, version, arch name, config dict, metadata
+
+
+def _read_file(path: Path, kind: str) -> _Raw:
+    """What the file holds, unchecked: (state dict, ours, version, arch name, config dict, metadata)."""
     ours, version, arch_name = False, 0, "base"
     config_dict: Any = None
-    metadata: dict[str, Any] = {}
+    metadata: Any = {}
     if kind == "safetensors":
+        from ben_cli.checkpoints.cache import info_in_header
+
         sd, meta = _read_safetensors(path)
+        info = info_in_header(meta)  # a cache file named directly: what its source said
+        if info is not None:
+            version = info.get("version", 0)
+            return sd, version != 0, version, info.get("arch", "base"), info.get("config"), info.get("metadata", {})
         if meta.get("format") == FORMAT or CONFIG_META_KEY in meta:
             ours, arch_name = True, meta.get("arch", "base")
             try:
@@ -210,6 +255,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             sd = _unwrap(obj)
     else:
         raise _not_a_checkpoint(path, kind)
+    return sd, ours, version, arch_name, config_dict, metadata
+
+
+def _checkpoint(path: Path, sd: Any, ours: bool, version: Any, arch_name: Any, config_dict: Any, metadata: Any,
+                *, official: bool | None = None) -> Checkpoint:
+    """Check what a file holds and make it a Checkpoint; ``official=None``: detect the official layout and convert
+    it (a cache holds tensors already converted, and says whether they were)."""
+    from ben_cli.models.registry import UnknownArchError, get_arch
 
     if ours:
         if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
@@ -224,19 +277,20 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except UnknownArchError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
-    official = arch.name == "base" and is_official(sd)  # the official layout exists only for BEN Base
-    if official:
-        try:
-            sd = convert_official(sd)
-        except ValueError as e:
-            raise CheckpointError(f"{path}: {e}") from None
+    if official is None:
+        official = arch.name == "base" and is_official(sd)  # the official layout exists only for BEN Base
+        if official:
+            try:
+                sd = convert_official(sd)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: {e}") from None
     config = None
     if config_dict:
         try:
             config = arch.config_from_dict(config_dict)
         except (TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{path}: bad {arch.name!r} config in the checkpoint ({e})") from None
-    return Checkpoint(dict(sd), config, official, arch.name, dict(metadata), version)
+    return Checkpoint(dict(sd), config, bool(official), arch.name, dict(metadata), int(version))
 
 
 # --------------------------------------------------------------------------- loading
@@ -266,23 +320,51 @@ def state_dict_report(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
     return lines
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "") -> None:
-    """Load strictly; any mismatch raises CheckpointError with the readable report."""
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "", *,
+                           assign: bool = False) -> None:
+    """Load strictly; any mismatch raises CheckpointError with the readable report.
+
+    ``assign=True`` makes the checkpoint's tensors the model's parameters and
+    buffers (cast to the model's dtypes where they differ) instead of copying
+    them: for a model built with :func:`ben_cli.models.registry.parameters_on_meta`.
+    """
     report = state_dict_report(model, state_dict)
     if report:
         where = f"{source}: " if source else ""
         raise CheckpointError(f"{where}checkpoint does not fit the model\n" + "\n".join(report))
-    model.load_state_dict(state_dict, strict=True)
+    if assign:
+        expected = model.state_dict()
+        state_dict = {k: v if v.dtype == expected[k].dtype else v.to(expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
-def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = "") -> nn.Module:
+def _meta_tensors(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` still on the meta device."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in named if t.is_meta]
+
+
+def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = "", *,
+                          device: str | torch.device | None = None) -> nn.Module:
     """Build the network a checkpoint describes and load it strictly; eval mode.
 
     The file's own config and arch win. ``config`` (a registry model name or a
     config object) is used only when the file stores no config (official and
     bare files); without either, arch "base" uses the default model's config.
+
+    The network is built without initialising its parameters (they start on the
+    meta device) and takes the checkpoint's tensors as they are (no copy; on
+    ``device`` when given); buffers computed at construction are built as usual.
+    The model's parameters may therefore share memory with ``ckpt.state_dict``.
     """
-    from ben_cli.models.registry import DEFAULT_MODEL, UnknownArchError, arch_for_config, get_arch, get_entry
+    from ben_cli.models.registry import (
+        DEFAULT_MODEL,
+        UnknownArchError,
+        arch_for_config,
+        get_arch,
+        get_entry,
+        parameters_on_meta,
+    )
 
     where = f"{source}: " if source else ""
     try:
@@ -302,8 +384,17 @@ def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = ""
         if cfg_arch != arch.name:
             raise CheckpointError(f"{where}the checkpoint holds a {arch.name!r} network, "
                                   f"not the {cfg_arch!r} network of {chosen if isinstance(chosen, str) else 'config'}")
-    model = arch.build(cfg)
-    load_state_dict_strict(model, ckpt.state_dict, source)
+    state_dict = ckpt.state_dict
+    if device is not None:
+        state_dict = {k: v.to(device) for k, v in state_dict.items()}
+    with parameters_on_meta():
+        model = arch.build(cfg)
+    load_state_dict_strict(model, state_dict, source, assign=True)
+    if _meta_tensors(model):  # a builder that made a buffer out of a parameter: build it the slow way
+        model = arch.build(cfg)
+        load_state_dict_strict(model, state_dict, source)
+    if device is not None:
+        model = model.to(device)
     return model.eval()
 
 
@@ -320,8 +411,8 @@ def load_model(path: str | Path | None = None, *, model: str | None = None, conf
     from ben_cli.models.registry import DEFAULT_MODEL
 
     path = find_weights(path, model or DEFAULT_MODEL)
-    net = build_from_checkpoint(read_checkpoint(path), config if config is not None else model, str(path))
-    return net.to(device)
+    return build_from_checkpoint(read_checkpoint(path), config if config is not None else model, str(path),
+                                 device=device)
 
 
 # --------------------------------------------------------------------------- saving

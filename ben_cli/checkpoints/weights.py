@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from ben_cli.checkpoints.cache import is_cache_file
 from ben_cli.errors import WeightsNotFoundError
 from ben_cli.models.registry import DEFAULT_MODEL, MODELS, ModelEntry, get_entry
 
@@ -93,7 +94,8 @@ def find_in_folder(folder: Path, model: str = DEFAULT_MODEL) -> Path:
 
     Looks for the model's own file names (``BEN_Base.pth``, ``BEN_Base.safetensors``);
     failing that, the folder's only checkpoint file (``.pth``, ``.safetensors``,
-    ``.pt``), unless it is another registry model's official file.
+    ``.pt``), unless it is another registry model's official file. Safetensors
+    caches of pickled files (``*.cache.safetensors``) are never candidates.
     WeightsNotFoundError names what was looked for otherwise.
     """
     names = file_names(model)
@@ -103,7 +105,7 @@ def find_in_folder(folder: Path, model: str = DEFAULT_MODEL) -> Path:
     others = {Path(n).stem.lower() for m in MODELS if m != model for n in file_names(m)}
     try:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()
-                       and not p.name.startswith("."))
+                       and not p.name.startswith(".") and not is_cache_file(p))
     except OSError as e:
         raise WeightsNotFoundError(f"{folder}: cannot list the folder ({e.strerror or e})") from None
     usable = [p for p in files if p.stem.lower() not in others]
@@ -234,7 +236,8 @@ def _refiner_in_folder(folder: Path) -> Path:
     for name in (REFINER_FILE, "best.safetensors"):  # the shipped name, then a `ben train refiner` run folder
         if (folder / name).is_file():
             return folder / name
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith(".")
+                   and not is_cache_file(p))
     if len(files) == 1:
         return files[0]
     raise WeightsNotFoundError(f"{folder}: looked for {REFINER_FILE}, best.safetensors or a single .safetensors file "

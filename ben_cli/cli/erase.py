@@ -108,6 +108,7 @@ def erase(
     refiner: opt.RefinerOpt = opt.Refiner.auto,
     refiner_weights: opt.RefinerWeights = None,
     compile: opt.Compile = False,
+    autocast: opt.Autocast = False,
     max_refine_side: opt.MaxRefineSide = None,
     decontaminate: Decontaminate = True,
     background: Background = None,
@@ -137,7 +138,7 @@ def erase(
     options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
                                     resolution=resolution, batch_size=batch_size, refiner=refiner,
                                     refiner_weights=refiner_weights, compile=compile,
-                                    max_refine_side=max_refine_side)
+                                    max_refine_side=max_refine_side, autocast=autocast)
     fmt = None if format is None else format.value
     finish = OutputOptions(decontaminate=decontaminate, background=background,
                            format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
@@ -240,10 +241,11 @@ def check_runnable(options: InferenceOptions, *, device: bool = True) -> None:
     """Device and precision available (``device=False``: not checked here, for a cluster's workers),
     an explicit weights file present, refiner weights for ``--refiner net``: else exit 2 before any work."""
     from ben_cli.checkpoints.weights import find_refiner_weights, find_weights
-    from ben_cli.device import resolve_device, resolve_dtype
+    from ben_cli.device import resolve_devices, resolve_dtype
 
     if device:
-        resolve_dtype(options.precision.value, resolve_device(options.device))
+        for each in resolve_devices(options.device):  # one, or a list (one model replica per device)
+            resolve_dtype(options.precision.value, each)
     if options.weights is not None:
         find_weights(options.weights, model=options.model, download=False)
     if options.refiner.value in ("net", "auto"):

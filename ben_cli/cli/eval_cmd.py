@@ -98,6 +98,7 @@ _MODEL_FLAGS: dict[str, str] = {
     "weights": "--weights",
     "device": "--device",
     "precision": "--precision",
+    "autocast": "--autocast",
     "resolution": "--resolution",
     "batch_size": "--batch-size",
     "refiner": "--refiner",
@@ -125,6 +126,7 @@ def eval_command(
     save_pred: SavePredOpt = None,
     device: opt.Device = "auto",
     precision: opt.PrecisionOpt = Precision.auto,
+    autocast: opt.Autocast = False,
     resolution: opt.Resolution = 1024,
     batch_size: opt.BatchSize = 4,
 ) -> None:
@@ -151,6 +153,7 @@ def eval_command(
             batch_size=batch_size,
             refiner=refiner,
             refiner_weights=refiner_weights,
+            autocast=autocast,
         )
         evaluation = _run_model(
             data, options, protocol=proto, workers=workers, progress=not quiet, save_pred=save_pred

@@ -36,9 +36,13 @@ Weights = Annotated[
                  "./weights/, the cache, else download the model's official file."),
 ]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", rich_help_panel=_MODEL,
-                                     help="auto, cpu, cuda, cuda:N or mps (a missing device is an error).")]
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA and MPS, fp32 on the CPU "
-                                                 "(fp16/bf16 on the CPU are slow).", rich_help_panel=_MODEL)]
+                                     help="auto, cpu, cuda, cuda:N or mps (a missing device is an error). "
+                                     "Several GPUs: cuda (or auto) uses every visible GPU, cuda:0,cuda:2 a subset; "
+                                     "one model replica per device.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA and MPS, fp32 on the CPU. "
+                                                 "fp16/bf16 cast the model once; on the CPU bf16 is fast only with "
+                                                 "AVX512-BF16 or AMX, fp16 mostly slow (warned).",
+                                                 rich_help_panel=_MODEL)]
 Resolution = Annotated[int, typer.Option("--resolution", metavar="N", rich_help_panel=_MODEL,
                                          help="Model input side: a multiple of 128, at least 256.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", rich_help_panel=_MODEL,
@@ -48,7 +52,11 @@ RefinerOpt = Annotated[Refiner, typer.Option("--refiner", help="What re-estimate
 RefinerWeights = Annotated[Path | None, typer.Option("--refiner-weights", metavar="PATH", show_default=False,
                                                      help="Refiner network checkpoint.", rich_help_panel=_MODEL)]
 Compile = Annotated[bool, typer.Option("--compile", metavar="", rich_help_panel=_MODEL,
-                                       help="torch.compile the model: minutes to compile, then faster; for long runs.")]
+                                       help="torch.compile the model (CUDA graphs on CUDA): minutes to compile the "
+                                       "first time, cached on disk for later runs; for long runs.")]
+Autocast = Annotated[bool, typer.Option("--autocast", metavar="", rich_help_panel=_MODEL,
+                                        help="With fp16/bf16: keep the weights in fp32 and run under torch.autocast "
+                                        "(slower; by default the model is cast to the precision once).")]
 MaxRefineSide = Annotated[int | None, typer.Option("--max-refine-side", metavar="N", show_default=False,
                                                    rich_help_panel=_MODEL,
                                                    help="Refine images larger than the model side at full "
@@ -60,14 +68,15 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", metavar="", help="Redo o
 def inference_options(*, model: ModelName | str = "ben2-base", weights: Path | None = None, device: str = "auto",
                       precision: Precision | str = Precision.auto, resolution: int = 1024, batch_size: int = 4,
                       refiner: Refiner | str = Refiner.auto, refiner_weights: Path | None = None,
-                      compile: bool = False, max_refine_side: int | None = None):
+                      compile: bool = False, max_refine_side: int | None = None, autocast: bool = False):
     """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags."""
     from ben_cli.options import InferenceOptions
 
     name = model.value if isinstance(model, Enum) else model
     return InferenceOptions(model=name, weights=weights, device=device, precision=precision,
                             resolution=resolution, batch_size=batch_size, refiner=refiner,
-                            refiner_weights=refiner_weights, compile=compile, max_refine_side=max_refine_side)
+                            refiner_weights=refiner_weights, compile=compile, max_refine_side=max_refine_side,
+                            autocast=autocast)
 
 
 def stderr_console(quiet: bool = False):

@@ -24,6 +24,7 @@ def trimap(
     batch_size: opt.BatchSize = 4,
     device: opt.Device = "auto",
     precision: opt.PrecisionOpt = opt.Precision.auto,
+    autocast: opt.Autocast = False,
     overwrite: opt.Overwrite = False,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -33,7 +34,8 @@ def trimap(
 
     kinds = ("trimap", "overlay") if overlay else ("trimap",)
     options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
-                                    resolution=resolution, batch_size=batch_size, refiner="none")
+                                    resolution=resolution, batch_size=batch_size, refiner="none",
+                                    autocast=autocast)
     if image == STDIO and output is None:
         raise UsageError("with IMAGE '-' (standard input) give OUTPUT: a .png file, or - for standard output")
     if output == STDIO:

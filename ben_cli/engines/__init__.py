@@ -1,7 +1,8 @@
 """Engines run a plan: the same jobs, the same Eraser, the same writers, in different places.
 
 - ``local`` (:mod:`ben_cli.engines.local`): this process; reader and writer threads
-  overlap decoding and writing with the model.
+  overlap decoding and writing with the model; several devices run one model replica
+  each (:func:`ben_cli.pipeline.load_erasers`), sharing the batches.
 - ``ray`` (:mod:`ben_cli.engines.ray`): a Ray cluster, or a Ray runtime started on this
   machine; Ray Data reads and decodes on CPU workers and runs the model in a pool of
   actors (one GPU each on a GPU cluster). Needs ``pip install "ben_cli[ray]"``.
@@ -199,6 +200,9 @@ def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: Outp
     """
     check_engine(name)
     if name == "ray":
+        if "," in options.device:
+            raise UsageError("--engine ray places one device in each model actor (--gpus-per-worker): "
+                             "give one device, not a list")
         from ben_cli.engines.ray import RayRun
 
         if any(job.video for job in plan.jobs):
@@ -211,9 +215,9 @@ def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: Outp
     from ben_cli.options import default_workers
 
     def get_eraser():
-        from ben_cli.pipeline import Eraser
+        from ben_cli.pipeline import load_erasers
 
-        return Eraser.from_options(options)
+        return load_erasers(options)  # one Eraser per device
 
     return BatchRun(plan.jobs, get_eraser, batch_size=options.batch_size, overwrite=overwrite,
                     workers=workers or default_workers(), settings=settings, output=output, existing=plan.existing,

@@ -114,4 +114,5 @@ def lowered_batch_size(current: int, failed_at: int) -> int:
 def free_memory(eraser: Eraser) -> None:
     """Return the device's cached blocks after an out-of-memory error."""
     if eraser.device.type == "cuda":
-        torch.cuda.empty_cache()
+        with torch.cuda.device(eraser.device):  # the replica's own GPU, whichever is current
+            torch.cuda.empty_cache()

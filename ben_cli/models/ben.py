@@ -72,10 +72,15 @@ def conv3x3_after_up2(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 def conv3x3_to_one_channel(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A padding-1 3x3 conv with one output channel, as a 9-channel 1x1 conv
     (one GEMM) plus nine shifted sums: oneDNN is slow with a single output channel.
-    x: (B, C, H, W) -> (B, 1, H, W)."""
+
+    The nine taps are summed in float32 whatever the input dtype, so a half-precision
+    model returns float32 logits (the sum is not rounded to 8 or 11 bits, and no separate
+    cast is needed).
+    x: (B, C, H, W) -> (B, 1, H, W) float32.
+    """
     B, C, H, W = x.shape
     taps = F.pad(F.conv2d(x, conv.weight[0].permute(1, 2, 0).reshape(9, C, 1, 1)), (1, 1, 1, 1))
-    out = conv.bias.view(1, 1, 1, 1).expand(B, 1, H, W).clone()
+    out = conv.bias.float().view(1, 1, 1, 1).expand(B, 1, H, W).clone()
     for k in range(9):
         ky, kx = divmod(k, 3)
         out += taps[:, k : k + 1, ky : ky + H, kx : kx + W]
@@ -148,6 +153,28 @@ class BenBase(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype: float32, or float16/bfloat16 for a model cast once for inference."""
+        return self.head.out[0].weight.dtype
+
+    def prepare(self, side: int, dtypes: tuple[torch.dtype, ...] = ()) -> BenBase:
+        """Build the input-independent constants for (B, 3, side, side) inputs now, on the model's
+        device: every Swin block's gather plan and shift mask, and MCLM's position embeddings.
+
+        A forward builds them on first use anyway; built here, before ``torch.compile``, the traced
+        graph only reads them (no CPU work and host-to-device copies in each call, which would also
+        keep CUDA graphs off). ``dtypes``: the activation dtypes to build for (default: the weights'
+        dtype; under autocast pass both float32 and the autocast dtype). Returns ``self``.
+        """
+        if side % 128 or side < 256:
+            raise ValueError(f"input sides must be multiples of 128 and >= 256, got {side}")
+        device = self.device
+        for dtype in dict.fromkeys(dtypes or (self.dtype,)):
+            grid = self.encoder.prepare(side // 2, device, dtype)
+            self.decoder.mclm.positions(grid, grid, self.config.dim, device, dtype)
+        return self
 
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> normalised input."""

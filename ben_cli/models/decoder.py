@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ben_cli.models.cache import module_cache
+
 
 def conv_in_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     """3x3 conv -> InstanceNorm (no affine) -> GELU."""
@@ -107,23 +109,32 @@ class MCLM(_MultiViewAttention):
         self.linear1 = nn.Linear(dim, dim * 2)
         self.linear2 = nn.Linear(dim * 2, dim)
 
+    def _pool_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """The pooled grids of the local views: (h/r, w/r) rounded, empty pools dropped (no tokens, no gradient)."""
+        sizes = [(round(h / r), round(w / r)) for r in self.pool_ratios]
+        return [s for s in sizes if 0 not in s]
+
+    def positions(self, h: int, w: int, dim: int, device: torch.device,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sine embeddings of the (h, w) global grid (h*w, 1, dim) and of the pooled grids, concatenated
+        (L, 1, dim); computed once per (h, w, dim, device, dtype) and cached."""
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.inference_mode(False):  # ordinary tensors: the cache outlives the call
+                pools = [sine_position_embedding(ph, pw, dim, device, dtype) for ph, pw in self._pool_sizes(h, w)]
+                return sine_position_embedding(h, w, dim, device, dtype), torch.cat(pools, 0)
+
+        return module_cache(self, ("positions", h, w, dim, device, dtype), build)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 5, C, h, w) -> (B, 5, C, h, w)."""
         _, _, C, h, w = x.shape
         loc, glb = x[:, :4], x[:, 4]
         merged = patches_to_image(loc)  # (B, C, 2h, 2w)
-        pools, pos = [], []
-        for r in self.pool_ratios:
-            size = (round(h / r), round(w / r))
-            if 0 in size:  # an empty pool adds no tokens (and has no gradient)
-                continue
-            p = F.adaptive_avg_pool2d(merged, size)
-            pools.append(_seq(p))
-            pos.append(sine_position_embedding(p.shape[2], p.shape[3], C, x.device, x.dtype))
-        kv, kv_pos = torch.cat(pools, 0), torch.cat(pos, 0)  # (L, B, C), (L, 1, C)
+        kv = torch.cat([_seq(F.adaptive_avg_pool2d(merged, size)) for size in self._pool_sizes(h, w)], 0)  # (L, B, C)
+        g_pos, kv_pos = self.positions(h, w, C, x.device, x.dtype)
 
         g = _seq(glb)  # (hw, B, C)
-        g_pos = sine_position_embedding(h, w, C, x.device, x.dtype)
         g = g + self.dropout1(self.attention[0](g + g_pos, kv + kv_pos, kv, need_weights=False)[0])
         g = self.norm2(self._ffn(self.norm1(g), self.linear1, self.linear2))
 

@@ -22,8 +22,7 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from torch import nn
 
 from ben_cli.config import SwinConfig
-
-_LAYOUT_CACHE_SIZE = 8  # layouts kept per block: (grid size, device, dtype) combinations in use
+from ben_cli.models.cache import module_cache
 
 
 class Layout(NamedTuple):
@@ -39,40 +38,22 @@ class PadThenShiftBlock(SwinTransformerBlock):
 
     Padding, the cyclic shift and the window partition are one gather with a
     precomputed index (and the way back one more), instead of six full copies.
-    The gather plans are cached per block, keyed by (H, W, device, dtype); the
-    cache is safe to share between threads (see :meth:`_layout`).
+    The gather plans are cached per block, keyed by (H, W, device, dtype), in a
+    cache that is safe to share between threads (:func:`~ben_cli.models.cache.module_cache`).
     """
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
-        fwd, inv, mask = self._layout(H, W, x)
+        fwd, inv, mask = self.layout(H, W, x.device, x.dtype)
         flat = F.pad(x.reshape(B, H * W, C), (0, 0, 0, 1))  # row H*W is the zero padding
         windows = flat.index_select(1, fwd).view(-1, self.window_area, C)
         windows = self.attn(windows, mask=mask)
         return windows.view(B, -1, C).index_select(1, inv).view(B, H, W, C)
 
-    def _layout(self, H: int, W: int, x: torch.Tensor) -> Layout:
-        """The gather plan for ``x``'s grid, device and dtype, from the cache or built once.
-
-        Thread safety without a lock: a published cache dict is never changed.
-        A miss builds the complete entry first, then publishes a new dict (the
-        old entries plus this one, the oldest dropped beyond
-        ``_LAYOUT_CACHE_SIZE``) with one attribute assignment; a reader holds
-        either the old dict or the new one, both complete. Two threads missing
-        at once both build the same entry, and one of the two copies is kept.
-        """
-        key = (H, W, x.device, x.dtype)
-        cache: dict = self.__dict__.get("_layout_cache", {})
-        entry = cache.get(key)
-        if entry is None:
-            entry = self._build_layout(H, W, x.device, x.dtype)
-            fresh = {k: v for k, v in cache.items() if k != key}
-            while len(fresh) >= _LAYOUT_CACHE_SIZE:
-                del fresh[next(iter(fresh))]
-            fresh[key] = entry
-            self.__dict__["_layout_cache"] = fresh
-        return entry
+    def layout(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Layout:
+        """The gather plan for an (H, W) token grid on ``device`` in ``dtype``, from the cache or built once."""
+        return module_cache(self, ("layout", H, W, device, dtype), lambda: self._build_layout(H, W, device, dtype))
 
     def _build_layout(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Layout:
         # Ordinary tensors even under torch.inference_mode(): the cache outlives the call, and
@@ -144,6 +125,17 @@ class SwinEncoder(nn.Module):
         dims = [cfg.embed_dim * 2**i for i in range(len(cfg.depths))]
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
         self.out_channels = [cfg.embed_dim, *dims]
+
+    def prepare(self, side: int, device: torch.device, dtype: torch.dtype) -> int:
+        """Build every block's gather plan for (side, side) crops on ``device`` for activations in
+        ``dtype`` (see :meth:`ben_cli.models.ben.BenBase.prepare`); returns the last stage's grid side."""
+        grid = side // self.swin.patch_embed.patch_size[0]
+        for stage in self.swin.layers:
+            if not isinstance(stage.downsample, nn.Identity):
+                grid = -(-grid // 2)  # PatchMerging pads an odd grid
+            for block in stage.blocks:
+                block.layout(grid, grid, device, dtype)
+        return grid
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.swin.patch_embed(x)  # (N, H/4, W/4, C)

@@ -9,12 +9,18 @@
 
 Importing this module does not import torch: builders and model classes of
 the built-in architectures are imported on first use.
+
+:func:`parameters_on_meta` builds a network without initialising its
+parameters, for loading a checkpoint into it (random init of the ~95M
+parameters of BEN Base costs seconds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +167,64 @@ def get_entry(name: str) -> ModelEntry:
         raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
 
 
-def build_model(name_or_config: Any = DEFAULT_MODEL) -> nn.Module:
-    """A randomly initialised model from a registry name or a config of any registered architecture."""
+def build_model(name_or_config: Any = DEFAULT_MODEL, *, empty: bool = False) -> nn.Module:
+    """A randomly initialised model from a registry name or a config of any registered architecture.
+
+    ``empty=True``: parameters uninitialised on the meta device (see :func:`parameters_on_meta`),
+    to be filled with ``load_state_dict(..., assign=True)``.
+    """
     cfg = get_entry(name_or_config).config if isinstance(name_or_config, str) else name_or_config
-    return arch_for_config(cfg).build(cfg)
+    arch = arch_for_config(cfg)
+    if not empty:
+        return arch.build(cfg)
+    with parameters_on_meta():
+        return arch.build(cfg)
+
+
+# --------------------------------------------------------------------------- building without initialising
+
+_META = threading.local()  # .depth > 0 in a thread inside parameters_on_meta()
+_PATCH_LOCK = threading.Lock()
+_patch: dict[str, Any] = {"users": 0, "original": None}
+
+
+def _register_parameter(self: nn.Module, name: str, param: Any) -> None:
+    """``nn.Module.register_parameter`` that, inside :func:`parameters_on_meta` in this thread, registers
+    an empty meta-device twin of a plain ``nn.Parameter`` instead of the parameter."""
+    import torch
+
+    if (param is not None and getattr(_META, "depth", 0) > 0 and type(param) is torch.nn.Parameter
+            and not param.is_meta):
+        param = torch.nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+    _patch["original"](self, name, param)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Build networks in this block without initialising their parameters.
+
+    Every plain ``nn.Parameter`` registered in this thread while the block runs is
+    replaced by an empty one on the meta device, so the initialisers that follow
+    in the constructors cost almost nothing. Buffers are untouched: the ones computed at
+    construction (Swin's relative position index and shift masks, normalisation
+    constants) are real and correct. Fill the parameters with
+    ``model.load_state_dict(state_dict, strict=True, assign=True)``. Other threads
+    build as usual meanwhile.
+    """
+    from torch import nn
+
+    with _PATCH_LOCK:
+        if _patch["users"] == 0:
+            # Kept after the block too: another thread may still be inside a call of the patched method.
+            _patch["original"] = nn.Module.register_parameter
+            nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
+        _patch["users"] += 1
+    _META.depth = getattr(_META, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _META.depth -= 1
+        with _PATCH_LOCK:
+            _patch["users"] -= 1
+            if _patch["users"] == 0:
+                nn.Module.register_parameter = _patch["original"]  # type: ignore[method-assign]
