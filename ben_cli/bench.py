@@ -587,8 +587,9 @@ def measure_official(eraser: Any, paths: Sequence[Path], out_dir: Path, *, repea
 def startup_args(options: InferenceOptions) -> list[str]:
     """The ``ben erase`` flags that rebuild ``options``' model in a subprocess."""
     args = ["--model", options.model, "--device", options.device, "--precision", options.precision.value,
-            "--resolution", str(options.resolution), "--batch-size", str(options.batch_size),
-            "--refiner", options.refiner.value]
+            "--resolution", str(options.resolution), "--refiner", options.refiner.value]
+    if options.batch_size is not None:
+        args += ["--batch-size", str(options.batch_size)]
     if options.weights is not None:
         args += ["--weights", str(options.weights)]
     if options.refiner_weights is not None:
@@ -708,7 +709,7 @@ def run_bench(options: InferenceOptions | None = None, bench: BenchOptions | Non
     options = options or InferenceOptions()
     measured = single_device(options)
     bench = (bench or BenchOptions()).for_device(resolve_device(measured.device))
-    batch_sizes = bench.batch_sizes or (options.batch_size,)
+    batch_sizes = bench.batch_sizes or (options.batch_size_for(resolve_device(measured.device).type),)
     say = on_step or (lambda message: None)
     with contextlib.ExitStack() as stack:
         if bench.work_dir is None:

@@ -162,7 +162,7 @@ class Eraser:
         net = net.to(device=device, dtype=weights_dtype(dtype, options.autocast))  # ours: cast in place, no copy
         settings = {"model": _model_name(net, options.model), "weights": str(path), "version": __version__}
         return cls(net, device=device, dtype=dtype, resolution=options.resolution, compile=options.compile,
-                   batch_size=options.batch_size, refiner=build_refiner(options, device),
+                   batch_size=options.batch_size_for(device.type), refiner=build_refiner(options, device),
                    max_refine_side=options.max_refine_side, settings=settings, autocast=options.autocast)
 
     # ------------------------------------------------------------------ stages

@@ -71,9 +71,9 @@ def test_the_ray_engine_refuses_pipes(tmp_path, capsys):
 
 
 def test_create_run_picks_the_engine():
-    options = InferenceOptions(model="tiny", device="cpu")
+    options = InferenceOptions(model="tiny", device="cpu", batch_size=3)
     run = create_run("local", Plan([]), options, workers=3)
-    assert isinstance(run, BatchRun) and run.workers == 3 and run.batch_size == options.batch_size
+    assert isinstance(run, BatchRun) and run.workers == 3 and run.batch_size == 3
     with pytest.raises(UsageError, match="need --engine ray"):
         create_run("local", Plan([]), options, ray=RayOptions(address="auto"))
     with pytest.raises(OptionError, match="unknown engine"):

@@ -177,3 +177,30 @@ def test_a_load_failure_still_writes_the_report(tmp_path, monkeypatch, capsys):
     assert "not a checkpoint" in capsys.readouterr().err
     data = json.loads(report.read_text())
     assert data["totals"]["done"] == 0 and data["run"]["not_processed"] == 2
+
+
+def test_the_default_batch_size_is_the_devices(tmp_path):
+    from ben_cli.options import InferenceOptions
+
+    options = InferenceOptions(model="tiny")
+    assert options.batch_size is None
+    assert [options.batch_size_for(t) for t in ("cpu", "cuda", "mps")] == [1, 8, 4]
+    assert options.replace(batch_size=3).batch_size_for("cuda") == 3
+    # the local engine without a batch size takes the loaded Eraser's
+    model = StandIn()
+    eraser = Eraser(model, device=torch.device("cpu"), dtype=torch.float32, resolution=256, batch_size=2)
+    plan = plan_run([_folder(tmp_path, n=5, poison=None)], tmp_path / "out", ["alpha"])
+    run = local.BatchRun(plan.jobs, lambda: eraser, batch_size=None, workers=1)
+    assert run.execute().count("done") == 5
+    assert run.batch_size == 2 and model.batches == [2, 2, 1]
+
+
+def test_from_options_uses_one_image_per_batch_on_the_cpu(tmp_path):
+    from ben_cli.checkpoints.load import save_checkpoint
+    from ben_cli.models.registry import build_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("tiny"), weights)
+    assert Eraser.from_options(weights, model="tiny", device="cpu", resolution=256).batch_size == 1
+    assert Eraser.from_options(weights, model="tiny", device="cpu", resolution=256, batch_size=3).batch_size == 3

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 _BENCH = "Benchmark"
 BatchSizes = Annotated[list[str] | None, typer.Option(
     "--batch-size", "-b", metavar="N[,N...]", show_default=False, rich_help_panel=opt._MODEL,
-    help="Batch sizes to measure, one row each: comma-separated or repeated (1,8,16). Default: 4.")]
+    help="Batch sizes to measure, one row each: comma-separated or repeated (1,8,16). "
+    "Default: the device's (8 on CUDA, 1 on the CPU).")]
 Images = Annotated[int | None, typer.Option(
     "--images", metavar="N", show_default=False, rich_help_panel=_BENCH,
     help="Generate N synthetic photo-like JPEGs (default: 64 on CUDA, else 4); with --input, take at most N "
@@ -80,14 +81,15 @@ def bench(
     from ben_cli.bench import BenchOptions, check_json_path, parse_batch_sizes, parse_size, run_bench
     from ben_cli.cli.erase import check_runnable
 
-    sizes = parse_batch_sizes(batch_size or []) or (4,)
+    sizes = parse_batch_sizes(batch_size) if batch_size else ()  # none given: the device's default
     if input is not None and size is not None:
         raise UsageError("--size sets the generated images; it cannot be combined with --input")
     bench_options = BenchOptions(batch_sizes=sizes, images=images, input=input, repeats=repeats, warmup=warmup,
                                  official=official, startup=startup, workers=workers,
                                  **({} if size is None else {"size": parse_size(size)}))
     options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
-                                    resolution=resolution, batch_size=sizes[0], refiner=refiner,
+                                    resolution=resolution, batch_size=sizes[0] if sizes else None,
+                                    refiner=refiner,
                                     refiner_weights=refiner_weights, compile=compile,
                                     max_refine_side=max_refine_side, autocast=autocast)
     check_json_path(json_path)

@@ -102,7 +102,7 @@ def erase(
     model: opt.Model = opt.ModelName("ben2-base"),
     weights: opt.Weights = None,
     resolution: opt.Resolution = 1024,
-    batch_size: opt.BatchSize = 4,
+    batch_size: opt.BatchSize = None,
     device: opt.Device = "auto",
     precision: opt.PrecisionOpt = opt.Precision.auto,
     refiner: opt.RefinerOpt = opt.Refiner.auto,

@@ -128,7 +128,7 @@ def eval_command(
     precision: opt.PrecisionOpt = Precision.auto,
     autocast: opt.Autocast = False,
     resolution: opt.Resolution = 1024,
-    batch_size: opt.BatchSize = 4,
+    batch_size: opt.BatchSize = None,
 ) -> None:
     """Score masks with the paper's nine metrics (max F, weighted F, E, S, MAE, Dice, IoU, BER, Acc), plus mean F.
 
@@ -226,7 +226,7 @@ def _run_model(
     eraser = Eraser.from_options(options)
     with tempfile.TemporaryDirectory(prefix="ben-eval-") as tmp:
         out_dir = save_pred if save_pred is not None else Path(tmp)
-        preds = ev.predict_to_dir(eraser, items, out_dir, batch_size=options.batch_size)
+        preds = ev.predict_to_dir(eraser, items, out_dir, batch_size=eraser.batch_size)
         return ev.evaluate_pairs(
             preds,
             protocol=protocol,

@@ -45,8 +45,10 @@ PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp16
                                                  rich_help_panel=_MODEL)]
 Resolution = Annotated[int, typer.Option("--resolution", metavar="N", rich_help_panel=_MODEL,
                                          help="Model input side: a multiple of 128, at least 256.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", rich_help_panel=_MODEL,
-                                        help="Images per forward pass (at least 1).")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", "-b", metavar="N", rich_help_panel=_MODEL,
+                                               show_default=False,
+                                               help="Images per forward pass (at least 1). Default: 8 on CUDA, "
+                                               "4 on MPS, 1 on the CPU (faster there).")]
 RefinerOpt = Annotated[Refiner, typer.Option("--refiner", help="What re-estimates the trimap's gray band: auto "
                                              "(the best available), net, matting, none.", rich_help_panel=_MODEL)]
 RefinerWeights = Annotated[Path | None, typer.Option("--refiner-weights", metavar="PATH", show_default=False,
@@ -66,7 +68,8 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", metavar="", help="Redo o
 
 
 def inference_options(*, model: ModelName | str = "ben2-base", weights: Path | None = None, device: str = "auto",
-                      precision: Precision | str = Precision.auto, resolution: int = 1024, batch_size: int = 4,
+                      precision: Precision | str = Precision.auto, resolution: int = 1024,
+                      batch_size: int | None = None,
                       refiner: Refiner | str = Refiner.auto, refiner_weights: Path | None = None,
                       compile: bool = False, max_refine_side: int | None = None, autocast: bool = False):
     """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags."""

@@ -21,7 +21,7 @@ def trimap(
     model: opt.Model = opt.ModelName("ben2-base"),
     weights: opt.Weights = None,
     resolution: opt.Resolution = 1024,
-    batch_size: opt.BatchSize = 4,
+    batch_size: opt.BatchSize = None,
     device: opt.Device = "auto",
     precision: opt.PrecisionOpt = opt.Precision.auto,
     autocast: opt.Autocast = False,

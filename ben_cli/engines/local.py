@@ -61,14 +61,16 @@ class BatchRun(Results):
     """
 
     def __init__(self, jobs: Sequence[Job], get_eraser: Callable[[], Eraser | Sequence[Eraser]], *,
-                 batch_size: int = 1, overwrite: bool = False, workers: int = 2,
+                 batch_size: int | None = 1, overwrite: bool = False, workers: int = 2,
                  on_result: Callable[[FileResult], None] | None = None,
                  on_event: Callable[..., None] | None = None, settings: dict[str, Any] | None = None,
                  output: OutputOptions | None = None, existing: Collection[str] | None = None,
                  video: VideoOptions | None = None) -> None:
         super().__init__(jobs, on_result=on_result, on_event=on_event, settings=settings)
         self.get_eraser = get_eraser
-        self.batch_size = max(1, batch_size)  # images per batch handed to a replica (the largest replica limit)
+        # images per batch handed to a replica (the largest replica limit); None: the loaded Eraser's
+        self.batch_size = max(1, batch_size or 1)
+        self._batch_size_given = batch_size is not None
         self.overwrite = overwrite
         self.workers = max(1, workers)
         self.existing = existing
@@ -96,6 +98,8 @@ class BatchRun(Results):
         self.settings.update(erasers[0].settings)
         if len(erasers) > 1:
             self.settings["device"] = ",".join(str(e.device) for e in erasers)
+        if not self._batch_size_given:
+            self.batch_size = max(1, erasers[0].batch_size)
         self._limits = [self.batch_size] * len(erasers)
         self._names = replica_names(erasers)
         self.on_event("loaded", seconds=self.load_seconds)

@@ -176,7 +176,7 @@ class _Layout:
     def __init__(self, options: InferenceOptions, workers: int, gpus: float, actor_cpus: float) -> None:
         self.options, self.workers, self.gpus, self.actor_cpus = options, workers, gpus, actor_cpus
         self.threads = 0 if gpus else max(1, int(actor_cpus))
-        self.batch_size = options.batch_size
+        self.batch_size = options.batch_size_for("cuda" if gpus else "cpu")
 
 
 def _connect(address: str | None, quiet: bool) -> bool:
@@ -304,7 +304,7 @@ class _EraseActor:
             torch.set_num_threads(threads)
         t0 = time.perf_counter()
         self.eraser = (build or Eraser.from_options)(options)
-        self.batch_size = max(1, options.batch_size)
+        self.batch_size = max(1, options.batch_size_for(self.eraser.device.type))
         self.meta = json.dumps({**self.eraser.settings, "load_seconds": time.perf_counter() - t0})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
