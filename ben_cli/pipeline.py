@@ -168,8 +168,15 @@ class Eraser:
     # ------------------------------------------------------------------ stages
 
     def preprocess(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
-        """Model-side images (S, S, 3) uint8 -> (B, 3, S, S) float32 in [0, 1] on the device."""
-        x = torch.from_numpy(np.stack(resized)).to(self.device, non_blocking=True)
+        """Model-side images (S, S, 3) uint8 -> (B, 3, S, S) float32 in [0, 1] on the device.
+
+        The uint8 batch crosses to a GPU from pinned memory without blocking (4x fewer bytes
+        than float32); the conversion to float runs on the device.
+        """
+        x = torch.from_numpy(np.stack(resized))
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
         return x.permute(0, 3, 1, 2).float().div_(255.0)
 
     def base(self, rgb: torch.Tensor) -> torch.Tensor:
