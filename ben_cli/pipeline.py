@@ -119,6 +119,7 @@ class Eraser:
         self.batch_size = batch_size
         self.compiled = compile
         self._forward = self._make_forward()
+        self._fallback: torch.nn.Module | None = None  # fp32 weights, made on the first fp16 overflow
         self.settings: dict[str, Any] = {
             "resolution": self.resolution, "device": str(device), "precision": _DTYPE_NAMES.get(dtype, str(dtype)),
             "autocast": self.autocast, "refiner": self.refiner.name, **(settings or {}),
@@ -182,7 +183,8 @@ class Eraser:
     def base(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float in [0, 1] -> base logits (B, 1, S, S) float32 (normalised here, in float32,
         then fed in the weights' dtype)."""
-        batch = ((rgb - self.mean) / self.std).to(weights_dtype(self.dtype, self.autocast))
+        normed = (rgb - self.mean) / self.std
+        batch = normed.to(weights_dtype(self.dtype, self.autocast))
         n = batch.shape[0]
         if self.compiled and n < self.batch_size:  # keep one shape: no recompilation for the last batch
             batch = torch.cat([batch, batch.new_zeros(self.batch_size - n, *batch.shape[1:])])
@@ -192,8 +194,26 @@ class Eraser:
                 mark_compiled_step(self.device)
             raw = self._forward(batch)[:n]
         logits = raw.float()
+        if self.dtype == torch.float16 and not self.autocast and not bool(torch.isfinite(logits).all()):
+            return self._overflow_fallback(normed)
         # A CUDA graph's output is overwritten by its next replay; float() returns a float32 tensor itself.
         return logits.clone() if graphs and logits is raw else logits
+
+    def _overflow_fallback(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, S, S) float32 of a batch whose fp16 forward overflowed (inf/NaN somewhere).
+
+        fp16 tops out at 65504; weights whose activations exceed it give non-finite logits,
+        which would silently become empty masks. Such a batch runs again in fp32 with a
+        float32 copy of the weights (autocast would overflow too: it runs convolutions and
+        matrix products in fp16), made on the first overflow and said once; batches that do
+        not overflow keep the fast path. ``batch``: the normalised float32 input (B, 3, S, S).
+        """
+        if self._fallback is None:
+            warnings.warn("fp16 overflowed in the model (non-finite output): such batches run again in fp32; "
+                          "use --precision bf16 or fp32 for these weights", BenWarning, stacklevel=3)
+            self._fallback = _inference_copy(self.model, self.device, torch.float32)
+        with inference_context(self.device, torch.float32):
+            return self._fallback(batch).float()
 
     def trimap(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, 1, S, S) logits -> confidence trimap (B, 1, S, S) uint8 (paper Algorithms 1-2)."""

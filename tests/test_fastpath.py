@@ -258,3 +258,24 @@ def test_inductor_compiled_tiny_model_matches_eager(tiny_model, tmp_path, monkey
     assert (a - b).abs().max().item() <= 1e-4
     assert (a[:1] - c).abs().max().item() <= 1e-4
     assert np.isfinite(b.numpy()).all()
+
+
+def test_fp16_overflow_reruns_the_batch_in_fp32(tiny_model, one_torch_thread):
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # weights representable in fp16, but the patch embedding's outputs are not
+        model.encoder.swin.patch_embed.proj.weight.mul_(2e5)
+    rgb = _rgb(batch=1)
+    fast = Eraser(model, device=CPU, dtype=torch.float16, resolution=256)
+    with torch.inference_mode():  # the fp16 model alone overflows
+        raw = fast.model(((rgb - fast.mean) / fast.std).half())
+    assert not torch.isfinite(raw).all()
+    with pytest.warns(BenWarning, match="overflowed"):
+        logits = fast.base(rgb)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    reference = Eraser(model.half().float(), device=CPU, dtype=torch.float32, resolution=256).base(rgb)
+    assert (torch.sigmoid(logits) - torch.sigmoid(reference)).abs().max() < 2e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert torch.isfinite(fast.base(rgb)).all()
