@@ -489,7 +489,7 @@ def stage_pass(eraser: Any, paths: Sequence[Path], batch_size: int, out_dir: Pat
                 alphas = [big[i] if i in big else resize_alpha(alpha[i : i + 1].float(), im.shape[:2])
                           for i, im in enumerate(rgbs)]
                 preds = eraser.postprocess(alphas, None, [im.shape[:2] for im in rgbs])
-                cutouts = [render("cutout", im, pred, finish) for im, pred in zip(batch, preds)]
+                cutouts = [render("cutout", im, pred, finish, device=eraser.device) for im, pred in zip(batch, preds)]
             with clock.stage("encode"):
                 data = [encode_image(c, "png", icc_profile=im.icc_profile, source=Path(im.path).name)
                         for c, im in zip(cutouts, batch)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -181,6 +182,25 @@ def train_autocast(device: torch.device, dtype: torch.dtype) -> contextlib.Abstr
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def init_device_async(device: torch.device) -> threading.Thread | None:
+    """Start making ``device``'s CUDA context in a background thread; None for other devices.
+
+    Creating the context takes a good part of a second; started before the checkpoint is
+    read and the network built, it overlaps with them (join the thread before moving the
+    model). An error here is left to show again, with its message, where the model moves.
+    """
+    if device.type != "cuda":
+        return None
+
+    def init() -> None:
+        with contextlib.suppress(Exception):
+            torch.empty(1, device=device)
+
+    thread = threading.Thread(target=init, name="ben-cuda-init", daemon=True)
+    thread.start()
+    return thread
 
 
 _ALLOCATOR_TUNED = False

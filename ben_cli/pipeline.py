@@ -33,6 +33,7 @@ from ben_cli.config import TrimapConfig
 from ben_cli.device import (
     compile_model,
     inference_context,
+    init_device_async,
     keep_cpu_memory,
     mark_compiled_step,
     resolve_device,
@@ -158,8 +159,11 @@ class Eraser:
         slow = slow_precision_warning(device, dtype)
         if slow:
             warnings.warn(slow, BenWarning, stacklevel=2)
+        warming = init_device_async(device)  # the CUDA context is made while the checkpoint is read
         path = find_weights(options.weights, model=options.model)
         net = build_from_checkpoint(read_checkpoint(path), options.model, str(path))
+        if warming is not None:
+            warming.join()
         net = net.to(device=device, dtype=weights_dtype(dtype, options.autocast))  # ours: cast in place, no copy
         settings = {"model": _model_name(net, options.model), "weights": str(path), "version": __version__}
         return cls(net, device=device, dtype=dtype, resolution=options.resolution, compile=options.compile,

@@ -279,3 +279,14 @@ def test_fp16_overflow_reruns_the_batch_in_fp32(tiny_model, one_torch_thread):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once
         assert torch.isfinite(fast.base(rgb)).all()
+
+
+def test_the_cuda_context_is_made_in_the_background(monkeypatch):
+    from ben_cli.device import init_device_async
+
+    assert init_device_async(CPU) is None
+    made = []
+    monkeypatch.setattr(torch, "empty", lambda *shape, device=None: made.append(device))
+    thread = init_device_async(torch.device("cuda", 1))
+    thread.join(5)
+    assert made == [torch.device("cuda", 1)] and thread.daemon

@@ -221,7 +221,8 @@ class BatchRun(Results):
                     reason, tb = failure(error, "running the model")
                     result.set_result(FileResult(job.label, "failed", error=reason, traceback=tb))
                 else:
-                    write = writers.submit(write_outputs, job, image, pred, self.output, self.background)
+                    write = writers.submit(write_outputs, job, image, pred, self.output, self.background,
+                                           device=eraser.device)
                     write.add_done_callback(lambda w, job=job, result=result: _settle_write(job, w, result))
 
     def _lower_batch_size(self, index: int, eraser: Eraser, failed_at: int) -> None:
