@@ -63,6 +63,11 @@ def render(kind: str, image: LoadedImage, pred: Prediction, output: OutputOption
     return cutout(rgb, alpha)[0].permute(1, 2, 0).contiguous().numpy()
 
 
+def finishing_device(device: torch.device) -> torch.device | None:
+    """Where a model on ``device`` has its cutouts finished: that accelerator, or None (the CPU)."""
+    return None if device.type == "cpu" else device
+
+
 def decontaminate_on(rgb: torch.Tensor, alpha: torch.Tensor, device: torch.device | None) -> torch.Tensor:
     """:func:`~ben_cli.compose.decontaminate` of CPU tensors (1, 3, H, W) and (1, 1, H, W) uint8,
     computed on ``device`` when it is an accelerator; (1, 3, H, W) uint8 on the CPU.
@@ -87,7 +92,8 @@ def write_outputs(job: Job, image: LoadedImage, pred: Prediction, output: Output
     written = []
     for kind, target in job.outputs.items():
         cut = kind == "cutout"
-        data = encode_image(render(kind, image, pred, output, background, device=device),
+        extra = {} if device is None else {"device": device}
+        data = encode_image(render(kind, image, pred, output, background, **extra),
                             output.format.value if cut else "png",
                             icc_profile=image.icc_profile if cut else None, compression=output.png_compression,
                             quality=output.quality, source=job.source_name)

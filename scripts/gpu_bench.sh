@@ -55,8 +55,7 @@ step bench-default 240 $PY -m ben_cli bench "${COMMON[@]}" --batch-size 16 --ima
   --no-official --json "$OUT/bench-default.json"
 step bench-autocast 180 $PY -m ben_cli bench "${COMMON[@]}" --autocast --refiner none --batch-size 16 \
   --images 128 --no-official --no-startup --json "$OUT/bench-autocast.json"
-step startup 180 $PY scripts/bench_startup.py --weights "$W/BEN2_Base.pth" --device cuda --runs 2 \
-  --json "$OUT/startup.json"
+step startup 180 $PY scripts/bench_startup.py --weights "$W/BEN2_Base.pth" --device cuda --runs 2 --json
 if [ "$MODE" = full ]; then
   step bench-compile 420 $PY -m ben_cli bench "${COMMON[@]}" --compile --refiner none --batch-size 16 \
     --images 256 --no-official --no-startup --json "$OUT/bench-compile.json"

@@ -63,4 +63,6 @@ def test_the_local_engine_finishes_on_the_replicas_device(tmp_path, monkeypatch)
     eraser = Eraser(model, device=torch.device("cpu"), dtype=torch.float32, resolution=256)
     run = local.BatchRun(plan_run([src], tmp_path / "out", ["cutout"]).jobs, lambda: eraser, batch_size=2)
     assert run.execute().count("done") == 3
-    assert devices == [torch.device("cpu")] * 3
+    assert devices == [None] * 3  # the CPU: finished where the writer runs
+    assert output_mod.finishing_device(torch.device("cpu")) is None
+    assert output_mod.finishing_device(torch.device("cuda", 1)) == torch.device("cuda", 1)

@@ -40,7 +40,7 @@ from ben_cli.engines.steps import (
     read_job,
 )
 from ben_cli.options import OutputOptions, VideoOptions
-from ben_cli.output import load_background, write_outputs
+from ben_cli.output import finishing_device, load_background, write_outputs
 from ben_cli.pipeline import Eraser
 from ben_cli.plan import Job
 
@@ -222,7 +222,7 @@ class BatchRun(Results):
                     result.set_result(FileResult(job.label, "failed", error=reason, traceback=tb))
                 else:
                     write = writers.submit(write_outputs, job, image, pred, self.output, self.background,
-                                           device=eraser.device)
+                                           device=finishing_device(eraser.device))
                     write.add_done_callback(lambda w, job=job, result=result: _settle_write(job, w, result))
 
     def _lower_batch_size(self, index: int, eraser: Eraser, failed_at: int) -> None:
