@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ben_cli.errors import BenError, BenWarning, InputError, OptionError, UsageError
+from ben_cli.errors import BenError, BenWarning, InputError, OptionError
 from ben_cli.options import InferenceOptions
 
 SCHEMA = "ben-bench/1"
@@ -771,15 +771,10 @@ def single_device(options: InferenceOptions) -> InferenceOptions:
 
 def check_json_path(path: Path | None) -> None:
     """UsageError up front when ``--json PATH`` could not be written (``-`` is stdout)."""
-    if path is None or str(path) == "-":
-        return
-    if path.is_dir():
-        raise UsageError(f"--json {path} is a folder; give a file name (bench.json)")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"--json {path} lies under the file {parent}")
-            break
+    from ben_cli.io import check_output_file
+
+    if path is not None and str(path) != "-":
+        check_output_file(path, "--json", "bench.json")
 
 
 __all__ = ["MEMORY_KINDS", "STAGES", "BatchRow", "BenchError", "BenchOptions", "BenchReport", "Measure", "Official",

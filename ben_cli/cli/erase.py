@@ -199,15 +199,9 @@ def make_plan(inputs: list[str], output: str | None, kinds: tuple[str, ...],
 
 def check_report_path(report: Path | None) -> None:
     """UsageError up front when the report could not be written."""
-    if report is None:
-        return
-    if report.is_dir():
-        raise UsageError(f"--report {report} is a folder; give a file name (run.json)")
-    for parent in report.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"--report {report} lies under the file {parent}")
-            break
+    from ben_cli.io import check_output_file
+
+    check_output_file(report, "--report", "run.json")
 
 
 def refuse_terminal_stdout() -> None:

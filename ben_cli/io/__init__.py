@@ -52,6 +52,7 @@ from ben_cli.io.read import (
 )
 from ben_cli.io.write import (
     atomic_write_bytes,
+    check_output_file,
     clean_stale_temp_files,
     encode_image,
     encode_png,
@@ -71,6 +72,7 @@ __all__ = [
     "Place",
     "atomic_write_bytes",
     "check_kinds",
+    "check_output_file",
     "clean_stale_temp_files",
     "configure_warnings",
     "encode_image",

@@ -144,6 +144,22 @@ def _temp_path(target: Path) -> tuple[int, Path]:
     raise FileExistsError(f"cannot create a temporary file next to {target}")
 
 
+def check_output_file(path: Path | None, flag: str, example: str) -> None:
+    """UsageError up front when the file ``path`` of option ``flag`` could not be written: a
+    folder, or a path under a file (``example`` is a file name to suggest). None: nothing asked."""
+    from ben_cli.errors import UsageError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name ({example})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path} lies under the file {parent}")
+            break
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:
     """Write ``data`` to ``path`` all at once: temp file in the same folder, then ``os.replace``.
 
