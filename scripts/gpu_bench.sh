@@ -7,8 +7,9 @@
 # runs long or fails costs only itself. The weights are a random checkpoint of the
 # full ben2-base network in the official layout (speed does not depend on the
 # values; accuracy figures compare precisions against fp32 on the same weights).
-# `quick` (default) skips torch.compile; `full` adds a compiled run and its
-# second, cached start.
+# `quick` (default) skips torch.compile; its step limits add up to 540 s, so it
+# fits one device call (600 s at most). `full` adds a compiled run and its second,
+# cached start (up to 720 s more: run it as a second call).
 set -u
 OUT=${OUT:-/tmp/ben-gpu-bench}
 MODE=${1:-quick}
@@ -38,7 +39,7 @@ EOF
 
 W=$OUT/weights
 mkdir -p "$W"
-step make-weights 120 $PY -c "
+step make-weights 60 $PY -c "
 import torch
 from ben_cli.models.registry import build_model
 from ben_cli.checkpoints.load import save_checkpoint
@@ -47,15 +48,15 @@ save_checkpoint(build_model('ben2-base'), '$W/BEN2_Base.pth', official_keys=True
 "
 COMMON=(--weights "$W/BEN2_Base.pth" --device cuda --resolution 1024)
 
-step precision 240 $PY scripts/bench_precision.py --device cuda --weights "$W/BEN2_Base.pth" --batch 16 \
+step precision 120 $PY scripts/bench_precision.py --device cuda --weights "$W/BEN2_Base.pth" --batch 16 \
   --repeats 5 --json "$OUT/precision.json"
-step bench-none 300 $PY -m ben_cli bench "${COMMON[@]}" --refiner none --batch-size 1,16,32 --images 256 \
+step bench-none 150 $PY -m ben_cli bench "${COMMON[@]}" --refiner none --batch-size 1,16,32 --images 128 \
   --repeats 2 --json "$OUT/bench-none.json"
-step bench-default 240 $PY -m ben_cli bench "${COMMON[@]}" --batch-size 16 --images 256 --repeats 2 \
+step bench-default 90 $PY -m ben_cli bench "${COMMON[@]}" --batch-size 16 --images 256 --repeats 2 \
   --no-official --json "$OUT/bench-default.json"
-step bench-autocast 180 $PY -m ben_cli bench "${COMMON[@]}" --autocast --refiner none --batch-size 16 \
+step bench-autocast 60 $PY -m ben_cli bench "${COMMON[@]}" --autocast --refiner none --batch-size 16 \
   --images 128 --no-official --no-startup --json "$OUT/bench-autocast.json"
-step startup 180 $PY scripts/bench_startup.py --weights "$W/BEN2_Base.pth" --device cuda --runs 2 --json
+step startup 60 $PY scripts/bench_startup.py --weights "$W/BEN2_Base.pth" --device cuda --runs 2 --json
 if [ "$MODE" = full ]; then
   step bench-compile 420 $PY -m ben_cli bench "${COMMON[@]}" --compile --refiner none --batch-size 16 \
     --images 256 --no-official --no-startup --json "$OUT/bench-compile.json"
