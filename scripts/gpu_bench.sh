@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # One prepared GPU run for the throughput figures of BENCHMARKS.md (issue 10).
 #
-#   OUT=/some/folder bash scripts/gpu_bench.sh [quick|full]
+#   OUT=/some/folder bash scripts/gpu_bench.sh [quick|compile|full]
 #
 # Every step has its own time limit and writes JSON/text to $OUT, so a step that
 # runs long or fails costs only itself. The weights are a random checkpoint of the
 # full ben2-base network in the official layout (speed does not depend on the
 # values; accuracy figures compare precisions against fp32 on the same weights).
 # `quick` (default) skips torch.compile; its step limits add up to 540 s, so it
-# fits one device call (600 s at most). `full` adds a compiled run and its second,
-# cached start (up to 720 s more: run it as a second call).
+# fits one device call (600 s at most). `compile` runs only a compiled run and
+# its second, cached start (limits 540 s: its own call); `full` runs both.
 set -u
 OUT=${OUT:-/tmp/ben-gpu-bench}
 MODE=${1:-quick}
@@ -48,6 +48,7 @@ save_checkpoint(build_model('ben2-base'), '$W/BEN2_Base.pth', official_keys=True
 "
 COMMON=(--weights "$W/BEN2_Base.pth" --device cuda --resolution 1024)
 
+if [ "$MODE" != compile ]; then
 step precision 120 $PY scripts/bench_precision.py --device cuda --weights "$W/BEN2_Base.pth" --batch 16 \
   --repeats 5 --json "$OUT/precision.json"
 step bench-none 150 $PY -m ben_cli bench "${COMMON[@]}" --refiner none --batch-size 1,16,32 --images 128 \
@@ -57,10 +58,11 @@ step bench-default 90 $PY -m ben_cli bench "${COMMON[@]}" --batch-size 16 --imag
 step bench-autocast 60 $PY -m ben_cli bench "${COMMON[@]}" --autocast --refiner none --batch-size 16 \
   --images 128 --no-official --no-startup --json "$OUT/bench-autocast.json"
 step startup 60 $PY scripts/bench_startup.py --weights "$W/BEN2_Base.pth" --device cuda --runs 2 --json
-if [ "$MODE" = full ]; then
-  step bench-compile 420 $PY -m ben_cli bench "${COMMON[@]}" --compile --refiner none --batch-size 16 \
+fi
+if [ "$MODE" = full ] || [ "$MODE" = compile ]; then
+  step bench-compile 330 $PY -m ben_cli bench "${COMMON[@]}" --compile --refiner none --batch-size 16 \
     --images 256 --no-official --no-startup --json "$OUT/bench-compile.json"
-  step bench-compile-cached 300 $PY -m ben_cli bench "${COMMON[@]}" --compile --refiner none --batch-size 16 \
+  step bench-compile-cached 150 $PY -m ben_cli bench "${COMMON[@]}" --compile --refiner none --batch-size 16 \
     --images 256 --no-official --no-startup --json "$OUT/bench-compile-cached.json"
 fi
 rm -rf "$W"
