@@ -15,7 +15,6 @@ unless ``--init`` is given (MVANet adds the same fresh norms to its backbone).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -28,7 +27,17 @@ from torch import nn
 from ben_cli.errors import CheckpointError, UsageError
 from ben_cli.train.config import TrainConfig
 from ben_cli.train.data import BadPair, PairDataset, PairScan, SamplePair, scan_pairs
-from ben_cli.train.loop import Runtime, StepHook, TrainResult, broadcast_object, setup_runtime, teardown_runtime, train
+from ben_cli.train.loop import (
+    Runtime,
+    StepHook,
+    TrainResult,
+    broadcast_object,
+    main_rank_say,
+    require_run_folders,
+    setup_runtime,
+    teardown_runtime,
+    train,
+)
 from ben_cli.train.loss import BenLoss
 
 _DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of a classification Swin
@@ -232,10 +241,6 @@ class BaseValidator:
 # --------------------------------------------------------------------------- entry point
 
 
-def _stderr(message: str) -> None:
-    print(f"ben: {message}", file=sys.stderr, flush=True)
-
-
 def bad_pairs_message(scan: PairScan) -> str:
     """Lines listing the bad pairs of a scan (at most ``_LISTED``)."""
     lines = [f"{len(scan.bad)} bad pair(s) in {scan.root}:"]
@@ -265,17 +270,11 @@ def train_base(cfg: TrainConfig, *, resume: bool = False, on_step: StepHook | No
     from ben_cli.models.registry import build_model
 
     cfg = cfg.resolved()
-    if not cfg.data:
-        raise UsageError("--data DIR is required (a folder with im/ and gt/, e.g. DIS5K/DIS-TR)")
-    if not cfg.out:
-        raise UsageError("--out RUN is required (the run folder)")
+    require_run_folders(cfg.data, cfg.out, "a folder with im/ and gt/, e.g. DIS5K/DIS-TR")
     rt = setup_runtime(cfg.device)
     try:
         dtype = resolve_train_dtype(cfg.precision, rt.device)
-
-        def tell(message: str) -> None:
-            if rt.is_main:
-                (say or _stderr)(message)
+        tell = main_rank_say(rt, say)
 
         # Rank 0 scans (and initialises); a failure there is sent to every rank so none waits forever.
         scanned: Any = None

@@ -125,6 +125,31 @@ def setup_runtime(device_spec: str = "auto") -> Runtime:
     return Runtime(device, rank, world, local_rank)
 
 
+def require_run_folders(data: object, out: object, data_hint: str) -> None:
+    """UsageError unless a run names its data folder and its run folder (``data_hint``: what
+    ``--data`` holds, for the message)."""
+    from ben_cli.errors import UsageError
+
+    if not data:
+        raise UsageError(f"--data DIR is required ({data_hint})")
+    if not out:
+        raise UsageError("--out RUN is required (the run folder)")
+
+
+def main_rank_say(rt: Runtime, say: Callable[[str], None] | None = None) -> Callable[[str], None]:
+    """A printer that speaks on rank 0 only: ``say``, by default one ``ben: ...`` line on stderr."""
+    import sys
+
+    def tell(message: str) -> None:
+        if rt.is_main:
+            if say is not None:
+                say(message)
+            else:
+                print(f"ben: {message}", file=sys.stderr, flush=True)
+
+    return tell
+
+
 def teardown_runtime(rt: Runtime) -> None:
     """Leave the process group (if any)."""
     import torch.distributed as dist

@@ -54,7 +54,6 @@ import hashlib
 import io
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -583,10 +582,6 @@ class RefinerValidator:
 # --------------------------------------------------------------------------- entry point
 
 
-def _stderr(message: str) -> None:
-    print(f"ben: {message}", file=sys.stderr, flush=True)
-
-
 def _initialise(model: nn.Module, path: str) -> str:
     from ben_cli.checkpoints.load import load_state_dict_strict, read_checkpoint
 
@@ -659,21 +654,15 @@ def train_refiner(cfg: RefinerTrainConfig, *, resume: bool = False, on_step: Ste
     """
     from ben_cli.device import resolve_dtype, resolve_train_dtype
     from ben_cli.models.refiner import build_refiner, refiner_config
-    from ben_cli.train.loop import setup_runtime, teardown_runtime
+    from ben_cli.train.loop import main_rank_say, require_run_folders, setup_runtime, teardown_runtime
 
     cfg = cfg.resolved()
-    if not cfg.data:
-        raise UsageError("--data DIR is required (a folder with im/ and gt/: images and their alpha mattes or masks)")
-    if not cfg.out:
-        raise UsageError("--out RUN is required (the run folder)")
+    require_run_folders(cfg.data, cfg.out, "a folder with im/ and gt/: images and their alpha mattes or masks")
     rt = setup_runtime(cfg.device)
     try:
         dtype = resolve_train_dtype(cfg.precision, rt.device)
         base_dtype = resolve_dtype("auto", rt.device)  # what `ben erase` runs the base in
-
-        def tell(message: str) -> None:
-            if rt.is_main:
-                (say or _stderr)(message)
+        tell = main_rank_say(rt, say)
 
         # Rank 0 scans, hashes and finds the base; a failure there reaches every rank.
         found: Any = None
