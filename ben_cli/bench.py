@@ -58,7 +58,6 @@ JSON schema (:meth:`BenchReport.to_json`, ``"schema": "ben-bench/1"``); a *measu
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import platform
 import statistics
@@ -556,10 +555,9 @@ def official_image(model: torch.nn.Module, path: Path, out: Path, *, device: tor
 
 def official_model(eraser: Any) -> torch.nn.Module:
     """The eager fp32 network of ``eraser`` (a copy cast to fp32 when its weights are not fp32)."""
-    model = eraser.model
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        model = copy.deepcopy(model).float()
-    return model.eval()
+    from ben_cli.pipeline import inference_copy
+
+    return inference_copy(eraser.model, eraser.device, torch.float32).eval()
 
 
 def measure_official(eraser: Any, paths: Sequence[Path], out_dir: Path, *, repeats: int, warmup: int) -> Official:

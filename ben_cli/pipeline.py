@@ -105,7 +105,7 @@ class Eraser:
         model = prepare() if callable(prepare) else model
         self.device, self.dtype = device, dtype
         self.autocast = autocast and dtype != torch.float32
-        self.model = _inference_copy(model.eval(), device, weights_dtype(dtype, self.autocast))
+        self.model = inference_copy(model.eval(), device, weights_dtype(dtype, self.autocast))
         self.resolution = check_resolution(resolution)
         self.trimap_cfg = trimap or TrimapConfig()
         self.refiner: RefineStage = refiner or NoRefiner()
@@ -215,7 +215,7 @@ class Eraser:
         if self._fallback is None:
             warnings.warn("fp16 overflowed in the model (non-finite output): such batches run again in fp32; "
                           "use --precision bf16 or fp32 for these weights", BenWarning, stacklevel=3)
-            self._fallback = _inference_copy(self.model, self.device, torch.float32)
+            self._fallback = inference_copy(self.model, self.device, torch.float32)
         with inference_context(self.device, torch.float32):
             return self._fallback(batch).float()
 
@@ -318,7 +318,7 @@ class Eraser:
         return twin
 
 
-def _inference_copy(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def inference_copy(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """``model`` on ``device`` with its floating-point parameters and buffers in ``dtype``.
 
     When any of them is in another dtype, a copy is cast (a caller who keeps using its float32
