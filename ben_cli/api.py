@@ -1,19 +1,32 @@
-"""The Python API for scripts: ``remove`` (a cutout of one Pillow image), model cached between calls."""
+"""The Python API for scripts: ``load_model`` (a checkpoint in eval mode) and ``remove`` (a cutout of one
+Pillow image, the model cached between calls). Importing this module imports no torch."""
 
 from __future__ import annotations
 
 import functools
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ben_cli.models.ben import BenBase
     from ben_cli.options import InferenceOptions
     from ben_cli.pipeline import Eraser
 
 _LOCK = threading.Lock()
+
+
+def load_model(path: Any = None, *, model: str | None = None, config: Any = None, device: Any = "cpu") -> BenBase:
+    """Load a BEN Base checkpoint (official ``.pth``, ``.safetensors`` or ours) in eval mode.
+
+    ``path=None`` searches the usual places for the file of ``model`` (default
+    ``ben2-base``; see ``ben weights``) and downloads the official file if nothing is found.
+    """
+    from ben_cli.checkpoints.load import load_model as load
+
+    return load(path, model=model, config=config, device=device)
 
 
 @functools.lru_cache(maxsize=2)
@@ -71,4 +84,4 @@ def clear_cache() -> None:
         _eraser.cache_clear()
 
 
-__all__ = ["clear_cache", "get_eraser", "remove"]
+__all__ = ["clear_cache", "get_eraser", "load_model", "remove"]

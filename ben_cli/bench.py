@@ -463,7 +463,7 @@ def stage_pass(eraser: Any, paths: Sequence[Path], batch_size: int, out_dir: Pat
     from ben_cli.io import atomic_write_bytes, encode_image, read_image
     from ben_cli.options import OutputOptions
     from ben_cli.output import render
-    from ben_cli.pipeline import resize_for_model
+    from ben_cli.resize import resize_for_model
 
     clock = _Clock(eraser.device)
     finish = OutputOptions()
@@ -699,10 +699,10 @@ def run_bench(options: InferenceOptions | None = None, bench: BenchOptions | Non
     ``on_step(message)`` hears each step as it starts (for a progress display).
     Raises :class:`BenError` subclasses for what cannot run (device, weights, images).
     """
-    from ben_cli import __version__
     from ben_cli.device import resolve_device
     from ben_cli.options import default_workers
     from ben_cli.pipeline import Eraser
+    from ben_cli.version import __version__
 
     options = options or InferenceOptions()
     measured = single_device(options)

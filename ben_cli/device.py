@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterator
 
@@ -11,7 +12,13 @@ import torch
 from ben_cli.errors import DeviceUnavailableError, UsageError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""Precision name -> dtype: the one table of them (:func:`dtype_name` reads it backwards)."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"fp16"`` (the names of ``--precision``); other dtypes as torch spells them."""
+    return next((name for name, d in DTYPES.items() if d == dtype), str(dtype))
 
 
 def _mps_available() -> bool:
@@ -53,7 +60,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
         raise UsageError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
     if precision == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    dtype = _DTYPES[precision]
+    dtype = DTYPES[precision]
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceUnavailableError(f"bf16 is not supported on {device}")
     return dtype
@@ -97,7 +104,7 @@ def slow_precision_warning(device: torch.device, dtype: torch.dtype) -> str | No
     native kernels for it), else None."""
     if device.type != "cpu" or cpu_supports(dtype):
         return None
-    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    name = dtype_name(dtype)
     return (f"{name} on the CPU without native {name} kernels (this one has none) is many times slower than fp32 "
             "and no more accurate; use --precision fp32")
 
@@ -124,7 +131,7 @@ def configure_compile_cache() -> str:
         torch_default = None
     current = os.environ.get(COMPILE_CACHE_ENV)
     if not current or os.path.abspath(current) == torch_default:
-        from ben_cli.checkpoints.weights import cache_dir
+        from ben_cli.paths import cache_dir
 
         os.environ[COMPILE_CACHE_ENV] = str(cache_dir() / "compile")
     import torch._functorch.config as functorch_config
@@ -203,9 +210,7 @@ def init_device_async(device: torch.device) -> threading.Thread | None:
     return thread
 
 
-_ALLOCATOR_TUNED = False
-
-
+@functools.cache
 def keep_cpu_memory() -> bool:
     """Stop glibc from returning large freed blocks to the kernel (Linux, once per process).
 
@@ -213,11 +218,9 @@ def keep_cpu_memory() -> bool:
     serves each from a fresh ``mmap`` and unmaps it on free, so every forward pays
     millions of page faults (measured: 13 s of system time in a 29 s 1024x1024
     forward, 1 s with this). Raising the mmap and trim thresholds to 1 GiB keeps
-    those blocks in the heap for reuse. Returns True when the setting was applied.
+    those blocks in the heap for reuse. Returns True when the setting was applied (cached: the
+    first call decides).
     """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
     import ctypes
     import ctypes.util
     import sys
@@ -230,9 +233,7 @@ def keep_cpu_memory() -> bool:
     except (OSError, AttributeError):
         return False  # not glibc (musl, ...)
     m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = mallopt(m_mmap_threshold, 1 << 30) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
-    _ALLOCATOR_TUNED = ok
-    return ok
+    return mallopt(m_mmap_threshold, 1 << 30) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
 
 
 def resolve_devices(spec: str = "auto") -> list[torch.device]:

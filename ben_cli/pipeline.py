@@ -13,7 +13,7 @@ stages with small typed interfaces:
 5. :meth:`Eraser.postprocess`: -> one :class:`Prediction` per image at its own size.
 
 Resizing to the model side (Lanczos, as the official pipeline) is
-:func:`resize_for_model`; the batch runner calls it in its reader threads.
+:func:`ben_cli.resize.resize_for_model`; the batch runner calls it in its reader threads.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ben_cli.compose import alpha_to_uint8, resize_alpha
-from ben_cli.config import TrimapConfig
+from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD, TrimapConfig
 from ben_cli.device import (
     compile_model,
+    dtype_name,
     inference_context,
     init_device_async,
     keep_cpu_memory,
@@ -45,14 +45,8 @@ from ben_cli.device import (
 from ben_cli.errors import BenWarning
 from ben_cli.options import InferenceOptions, check_resolution
 from ben_cli.refine import NoRefiner, RefineStage
+from ben_cli.resize import resize_for_model
 from ben_cli.trimap import confidence_trimap
-
-
-def resize_for_model(rgb: np.ndarray, side: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (side, side, 3) uint8 with Pillow's Lanczos (the official resize)."""
-    if rgb.shape[:2] == (side, side):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((side, side), resample=Image.Resampling.LANCZOS))
 
 
 @dataclass
@@ -111,8 +105,8 @@ class Eraser:
         self.refiner: RefineStage = refiner or NoRefiner()
         self.max_refine_side = max_refine_side
         config = getattr(model, "config", None)
-        mean = mean if mean is not None else getattr(config, "mean", (0.485, 0.456, 0.406))
-        std = std if std is not None else getattr(config, "std", (0.229, 0.224, 0.225))
+        mean = mean if mean is not None else getattr(config, "mean", IMAGENET_MEAN)
+        std = std if std is not None else getattr(config, "std", IMAGENET_STD)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         # torch.compile (inductor) fuses the elementwise work; it compiles once per
@@ -122,7 +116,7 @@ class Eraser:
         self._forward = self._make_forward()
         self._fallback: torch.nn.Module | None = None  # fp32 weights, made on the first fp16 overflow
         self.settings: dict[str, Any] = {
-            "resolution": self.resolution, "device": str(device), "precision": _DTYPE_NAMES.get(dtype, str(dtype)),
+            "resolution": self.resolution, "device": str(device), "precision": dtype_name(dtype),
             "autocast": self.autocast, "refiner": self.refiner.name, **(settings or {}),
         }
 
@@ -143,9 +137,9 @@ class Eraser:
         ``options`` may also be a weights path; ``changes`` are applied to the options
         first (``Eraser.from_options(model="tiny", weights=path, device="cpu")``).
         """
-        from ben_cli import __version__
         from ben_cli.checkpoints.load import build_from_checkpoint, read_checkpoint
         from ben_cli.checkpoints.weights import find_weights
+        from ben_cli.version import __version__
 
         if isinstance(options, (str, Path)):
             options, changes = None, {"weights": Path(options), **changes}
@@ -343,8 +337,6 @@ def _model_name(model: torch.nn.Module, requested: str) -> str:
         return requested
     return next((name for name, entry in MODELS.items() if entry.config == config), "custom")
 
-
-_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _copy_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -365,14 +365,15 @@ def test_pymatting_closed_form() -> None:
     assert np.abs(out - alpha).sum() < 0.6 * np.abs(prob - alpha).sum()
 
 
-def test_the_package_is_callable_as_refine() -> None:
-    """``ben_cli.refine`` is this package once imported; calling it runs :func:`refine`."""
+def test_ben_cli_refine_is_the_function() -> None:
+    """``ben_cli.refine`` is the plain function :func:`refine`, also after the package is imported by name."""
+    import importlib
     import inspect
 
     import ben_cli
-    import ben_cli.refine as package
 
-    assert ben_cli.refine is package and callable(package)
+    package = importlib.import_module("ben_cli.refine")
+    assert ben_cli.refine is refine is package.refine and inspect.isfunction(ben_cli.refine)
     image, _, prob = soft_edge(size=32)
     assert np.array_equal(ben_cli.refine(image, prob), refine(image, prob))
     assert np.array_equal(ben_cli.refine(image, prob, "none"), prob)

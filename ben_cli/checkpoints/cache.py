@@ -78,7 +78,7 @@ def source_of(path: str | os.PathLike[str]) -> Source:
 
 def cache_paths(path: str | os.PathLike[str]) -> list[Path]:
     """Where the cache of ``path`` may be, in the order tried: beside the (resolved) file, then the user cache."""
-    from ben_cli.checkpoints.weights import cache_dir
+    from ben_cli.paths import cache_dir
 
     resolved = Path(path).resolve()
     key = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]

@@ -19,17 +19,10 @@ from pathlib import Path
 from ben_cli.checkpoints.cache import is_cache_file
 from ben_cli.errors import WeightsNotFoundError
 from ben_cli.models.registry import DEFAULT_MODEL, MODELS, ModelEntry, get_entry
+from ben_cli.paths import cache_dir, weights_dir
 
 CHECKPOINT_SUFFIXES = (".pth", ".safetensors", ".pt")
 ETAG_TIMEOUT_S = 5.0  # the Hub's metadata request; offline, the download fails after one such try
-
-
-def cache_dir() -> Path:
-    """User cache folder: $BEN_CACHE_DIR, else $XDG_CACHE_HOME/ben, else ~/.cache/ben."""
-    if os.environ.get("BEN_CACHE_DIR"):
-        return Path(os.environ["BEN_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "ben"
 
 
 def file_names(model: str = DEFAULT_MODEL) -> list[str]:
@@ -41,7 +34,7 @@ def file_names(model: str = DEFAULT_MODEL) -> list[str]:
 def _candidates(model: str) -> list[tuple[str, Path]]:
     """(where, path) for the model's files in ./weights/, then in the cache."""
     names = file_names(model)
-    return [(where, d / n) for where, d in (("weights/", Path.cwd() / "weights"), ("cache", cache_dir()))
+    return [(where, d / n) for where, d in (("weights/", weights_dir()), ("cache", cache_dir()))
             for n in names]
 
 
@@ -224,7 +217,7 @@ def find_refiner_weights(explicit: str | Path | None = None, *, required: bool =
         if p.is_dir():
             return _refiner_in_folder(p)
         raise WeightsNotFoundError(f"{label}: {p}")
-    for folder in (Path.cwd() / "weights", cache_dir()):
+    for folder in (weights_dir(), cache_dir()):
         if (folder / REFINER_FILE).is_file():
             return folder / REFINER_FILE
     if required:

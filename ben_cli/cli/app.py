@@ -27,7 +27,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from ben_cli import __version__
+        from ben_cli.version import __version__
 
         print(f"ben {__version__}")
         raise typer.Exit(0)

@@ -248,7 +248,7 @@ def check_runnable(options: InferenceOptions, *, device: bool = True) -> None:
 
 def base_settings(options: InferenceOptions) -> dict:
     """The settings of a run before the model is loaded (the Eraser adds the resolved ones)."""
-    from ben_cli import __version__
+    from ben_cli.version import __version__
 
     return {"model": options.model, "weights": None if options.weights is None else str(options.weights),
             "resolution": options.resolution, "device": options.device, "precision": options.precision.value,

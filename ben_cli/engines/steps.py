@@ -19,8 +19,9 @@ import torch
 from ben_cli.errors import InputError
 from ben_cli.io import LoadedImage, is_file, read_image
 from ben_cli.output import TRIMAP_KINDS
-from ben_cli.pipeline import Eraser, Prediction, resize_for_model
+from ben_cli.pipeline import Eraser, Prediction
 from ben_cli.plan import Job
+from ben_cli.resize import resize_for_model
 
 Item = tuple[Job, LoadedImage, np.ndarray]
 """A job, its decoded image and the image at the model side (S, S, 3) uint8."""

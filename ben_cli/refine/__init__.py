@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
-import sys
-import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -257,23 +254,6 @@ def refine(image: np.ndarray, prob: np.ndarray, method: str = "matting", weights
         trimap = trimap_from_prob(p) if stage.needs_trimap else None
         alpha = stage(rgb, p, trimap)
     return np.array(alpha[0, 0].float().cpu().numpy())  # a copy: "none" returns its input tensor
-
-
-class _CallablePackage(types.ModuleType):
-    """This package, callable as :func:`refine`: ``import ben_cli; ben_cli.refine(image, prob)``.
-
-    ``import ben_cli.refine`` (done by the pipeline and by every ``from ben_cli.refine import ...``)
-    binds the name ``refine`` of the ``ben_cli`` package to this package, replacing any function of
-    that name; making the package callable keeps ``ben_cli.refine(...)`` working before and after.
-    """
-
-    def __call__(self, image: np.ndarray, prob: np.ndarray, method: str = "matting", weights: Any = None,
-                 *, device: Any = None) -> np.ndarray:
-        return refine(image, prob, method, weights, device=device)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
-__signature__ = inspect.signature(refine)  # inspect.signature(ben_cli.refine) shows refine's
 
 
 __all__ = [

@@ -182,7 +182,7 @@ class BaseValidator:
         import torch.nn.functional as F
 
         from ben_cli.device import train_autocast
-        from ben_cli.pipeline import resize_for_model
+        from ben_cli.resize import resize_for_model
 
         x = torch.from_numpy(np.stack([resize_for_model(im, self.resolution) for im in images])).to(device)
         x = model.normalize(x.permute(0, 3, 1, 2).float() / 255.0)

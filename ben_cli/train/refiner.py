@@ -273,7 +273,7 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 def resized_image(pair: SamplePair, side: int) -> np.ndarray:
     """The pair's image as the base sees it: (side, side, 3) uint8, Lanczos (as ``ben erase``)."""
     from ben_cli.io import read_image
-    from ben_cli.pipeline import resize_for_model
+    from ben_cli.resize import resize_for_model
 
     return resize_for_model(read_image(pair.image).rgb, side)
 
@@ -494,7 +494,7 @@ class RefinerDataset:
         S x S), then the augmentation when ``augment``; both drawn from ``(seed, draw)``.
         """
         from ben_cli.io import read_gray, read_image
-        from ben_cli.pipeline import resize_for_model
+        from ben_cli.resize import resize_for_model
 
         pair, side = self.pairs[index], self.resolution
         logits = read_cached_logits(self.cache_paths[index])

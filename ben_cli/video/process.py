@@ -31,7 +31,8 @@ import torch
 from ben_cli.io import KINDS, LoadedImage
 from ben_cli.options import OutputOptions, VideoOptions, default_workers
 from ben_cli.output import TRIMAP_KINDS, load_background, render
-from ben_cli.pipeline import Eraser, Prediction, resize_for_model
+from ben_cli.pipeline import Eraser, Prediction
+from ben_cli.resize import resize_for_model
 from ben_cli.video.decode import DecodedFrame, VideoInfo, open_source
 from ben_cli.video.encode import FrameFolderSink, VideoSink, choose_codec
 from ben_cli.video.predict import FramePredictor
