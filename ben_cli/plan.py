@@ -17,18 +17,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from ben_cli.errors import OptionError, UsageError
 from ben_cli.io import (
+    ANIMATION_EXTS,
     IMAGE_EXTS,
     STDIN_NAME,
     SUFFIX,
+    VIDEO_EXTS,
     Place,
     check_kinds,
+    existing_outputs,
     find_image_files,
     find_images,
     is_url,
+    is_video,
     join_url,
     list_outputs,
     name_outputs,
@@ -162,14 +167,16 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
             chosen = {e[0] for e in videos}
             groups = [([e for e in entries if e[0] not in chosen], suffixes, False), (videos, video.suffixes, True)]
     named_jobs: dict[Path, Job] = {}
-    for group, group_suffixes, is_video in groups:
+    for group, group_suffixes, of_videos in groups:
         if out_root is None:  # beside the inputs: an output of this run is never one of its inputs
             group = _drop_own_outputs(group, [group_suffixes[k] for k in kinds])
-        named = name_outputs(group, kinds, suffixes=group_suffixes)
+        # video outputs never share a name with image outputs: each group reads back only its own records
+        listed = partial(existing_outputs, defaults={}) if of_videos else existing_outputs
+        named = name_outputs(group, kinds, suffixes=group_suffixes, existing=listed)
         for src, path in named.renamed:
             notes.append(f"{src}: name clash in {path.parent}: writing {path.name} (and its other kinds alike) "
                          f"instead of {src.stem}{group_suffixes[kinds[0]]}")
-        named_jobs.update((p, Job(str(p), p, dict(outs), video=is_video)) for p, outs in named.paths.items())
+        named_jobs.update((p, Job(str(p), p, dict(outs), video=of_videos)) for p, outs in named.paths.items())
     jobs = [named_jobs[p] for p in dict.fromkeys(p for p, _ in entries) if p in named_jobs]
     return Plan(jobs, out_root, notes)
 
@@ -215,15 +222,16 @@ def _gather(paths: Sequence[Path], out_root: Path | None, exts: Collection[str] 
 
 @dataclass(frozen=True)
 class VideoPlan:
-    """What the planner needs to know about videos: which inputs are videos and their output suffixes."""
+    """What the planner needs to know about videos: which inputs are videos (by their kind,
+    :func:`ben_cli.io.is_video`) and their output suffixes (the video package's
+    ``video_suffixes``, handed in by the caller)."""
 
     suffixes: Mapping[str, str]
     all_frames: bool = False
 
     @property
     def exts(self) -> frozenset[str]:
-        from ben_cli.video import ANIMATION_EXTS, VIDEO_EXTS
-
+        """Extensions of the inputs that may be videos (animations too with ``all_frames``)."""
         return VIDEO_EXTS | (ANIMATION_EXTS if self.all_frames else frozenset())
 
     @property
@@ -232,8 +240,6 @@ class VideoPlan:
         return frozenset("." + s.rsplit(".", 1)[-1] for s in self.suffixes.values() if "." in s)
 
     def is_video(self, path: Path) -> bool:
-        from ben_cli.video import is_video
-
         return is_video(path, all_frames=self.all_frames)
 
 

@@ -1,11 +1,17 @@
 """The file layer: find images, read them, name the outputs, write them atomically.
 
 This package is the only code that touches image files (numpy, Pillow, OpenCV
-and, for URLs, fsspec; no torch). One module per concern:
+and, for URLs, fsspec; PyAV only to read a video output's source record, on first
+use; no torch). One module per concern:
 
+- :mod:`ben_cli.io.kinds`: the kinds of files: images, videos and animations by
+  extension (no decoder needed), the ``--save`` output kinds and their suffixes;
 - :mod:`ben_cli.io.find`: finding inputs (recursive, by extension, hidden files and
-  the output folder skipped) and naming outputs (mirrored tree, the collision
-  rule, names that never change between runs);
+  the output folder skipped);
+- :mod:`ben_cli.io.naming`: naming outputs (mirrored tree, the collision rule,
+  names kept from earlier runs);
+- :mod:`ben_cli.io.pin`: the source file name recorded in every output (PNG, JPEG,
+  video, frame folder) and the one reader that reads it back;
 - :mod:`ben_cli.io.read`: reading images of every mode Pillow reads, as ``uint8``
   RGB plus alpha, EXIF orientation applied, ICC profile kept, bombs refused;
 - :mod:`ben_cli.io.write`: PNG/JPEG/WebP encoding (ICC profile and source record
@@ -18,26 +24,29 @@ Every public name is importable from here (``from ben_cli.io import read_image``
 
 from __future__ import annotations
 
-from ben_cli.io.find import (
+from ben_cli.io.find import find_image_files, find_images, outputs_exist
+from ben_cli.io.fs import Place, is_file, is_url, join_url, read_url_bytes, url_fs, write_url_bytes
+from ben_cli.io.kinds import (
+    ANIMATION_EXTS,
     IMAGE_EXTS,
     KINDS,
     SUFFIX,
-    NamedOutputs,
-    OutputListing,
+    VIDEO_EXTS,
     check_kinds,
-    find_image_files,
-    find_images,
+    is_animated,
+    is_video,
+)
+from ben_cli.io.naming import NamedOutputs, name_outputs, plan_outputs, refuse_overwriting_input, single_output
+from ben_cli.io.pin import (
+    VIDEO_SOURCE_TAG,
+    OutputListing,
+    existing_outputs,
+    jpeg_comment,
     list_outputs,
-    name_outputs,
     output_source,
-    outputs_exist,
-    plan_outputs,
     read_output_source,
-    refuse_overwriting_input,
-    single_output,
     source_chunk,
 )
-from ben_cli.io.fs import Place, is_file, is_url, join_url, read_url_bytes, url_fs, write_url_bytes
 from ben_cli.io.read import (
     STDIN_NAME,
     LoadedImage,
@@ -62,10 +71,13 @@ from ben_cli.io.write import (
 )
 
 __all__ = [
+    "ANIMATION_EXTS",
     "IMAGE_EXTS",
     "KINDS",
     "STDIN_NAME",
     "SUFFIX",
+    "VIDEO_EXTS",
+    "VIDEO_SOURCE_TAG",
     "LoadedImage",
     "NamedOutputs",
     "OutputListing",
@@ -77,14 +89,18 @@ __all__ = [
     "configure_warnings",
     "encode_image",
     "encode_png",
+    "existing_outputs",
     "find_image_files",
     "find_images",
     "from_pil",
     "heif_available",
     "icc_colour_space",
+    "is_animated",
     "is_file",
     "is_url",
+    "is_video",
     "join_url",
+    "jpeg_comment",
     "list_outputs",
     "name_outputs",
     "output_source",

@@ -9,7 +9,7 @@ only complete files (a killed process may leave a temp file, which
 stores (atomic there). Inputs are only ever read.
 PNGs are encoded by OpenCV (fast compression unless asked otherwise); an
 ICC profile is embedded as an ``iCCP`` chunk right after ``IHDR``, and the
-input's file name as an ``iTXt`` chunk (``ben:source``, see :mod:`ben_cli.io.find`).
+input's file name as an ``iTXt`` chunk (``ben:source``, see :mod:`ben_cli.io.pin`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ben_cli.io.find import source_chunk
+from ben_cli.errors import UsageError
 from ben_cli.io.fs import is_local_fs, is_url, url_fs, write_url_bytes
+from ben_cli.io.pin import jpeg_comment, source_chunk
 from ben_cli.io.read import icc_colour_space
 
 _TEMP_RE = re.compile(r"^\..*\.ben-[0-9a-f]{8}\.tmp$")
@@ -105,7 +106,7 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, icc_profile: bytes | No
     if icc_profile:
         options["icc_profile"] = icc_profile
     if fmt == "jpg" and source is not None:
-        options["comment"] = f"ben:source={source}".encode()
+        options["comment"] = jpeg_comment(source)
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, "JPEG" if fmt == "jpg" else "WEBP", **options)
     return buf.getvalue()
@@ -147,8 +148,6 @@ def _temp_path(target: Path) -> tuple[int, Path]:
 def check_output_file(path: Path | None, flag: str, example: str) -> None:
     """UsageError up front when the file ``path`` of option ``flag`` could not be written: a
     folder, or a path under a file (``example`` is a file name to suggest). None: nothing asked."""
-    from ben_cli.errors import UsageError
-
     if path is None:
         return
     if path.is_dir():

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from pathlib import Path
 from typing import Any
 
+from ben_cli.io.kinds import ANIMATION_EXTS, VIDEO_EXTS, is_animated, is_video
 from ben_cli.options import OutputOptions, VideoOptions
-from ben_cli.video.decode import EXTRA_HINT, DecodedFrame, VideoInfo, import_av, is_animated, open_source, probe
+from ben_cli.video.decode import EXTRA_HINT, DecodedFrame, VideoInfo, import_av, open_source, probe
 from ben_cli.video.encode import SOURCE_TAG, choose_codec, has_encoder, read_video_source
 
 _LAZY = {  # these import torch: loaded on first use, so planning and the CLI's checks stay light
@@ -42,22 +42,6 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(f"ben_cli.video.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'ben_cli.video' has no attribute {name!r}")
-
-VIDEO_EXTS: frozenset[str] = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"})
-"""Extensions (lower case) read as videos; animated GIF/WebP/APNG are videos only with ``all_frames``."""
-
-ANIMATION_EXTS: frozenset[str] = frozenset({".gif", ".webp", ".png", ".apng"})
-"""Image extensions that may hold an animation (:func:`is_animated` decides)."""
-
-
-def is_video(path: str | Path, *, all_frames: bool = False) -> bool:
-    """True for a video file by extension; with ``all_frames`` also for an animated GIF/WebP/APNG
-    (which opens the file)."""
-    suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_EXTS:
-        return True
-    return all_frames and suffix in ANIMATION_EXTS and is_animated(path)
-
 
 def av_available() -> bool:
     """Whether PyAV is installed (``pip install "ben_cli[video]"``), without importing it."""

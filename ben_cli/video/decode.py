@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from ben_cli.errors import InputError
+from ben_cli.io.kinds import IMAGE_EXTS
 
 EXTRA_HINT = 'video needs PyAV: pip install "ben_cli[video]"'
 """The one-line reason given when ``av`` is not installed."""
@@ -285,19 +286,8 @@ class AnimationSource:
             self.image.close()
 
 
-def is_animated(path: str | Path) -> bool:
-    """True for an image file with more than one frame (animated GIF, WebP, APNG); False when unreadable."""
-    try:
-        with Image.open(path) as im:
-            return bool(getattr(im, "is_animated", False)) and getattr(im, "n_frames", 1) > 1
-    except Exception:
-        return False
-
-
 def open_source(path: str | Path, *, label: str | None = None) -> AVSource | AnimationSource:
     """The source for ``path``: Pillow for animated images, PyAV for everything else."""
-    from ben_cli.io import IMAGE_EXTS
-
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTS:
         return AnimationSource(path, label=label)

@@ -39,11 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from ben_cli.io import VIDEO_SOURCE_TAG, encode_image, read_output_source
 from ben_cli.options import OutputOptions, VideoFormat
 from ben_cli.video.decode import VideoInfo, accurate_scaling, import_av
 
-SOURCE_TAG = "ben_source"
-"""Container metadata key holding the source's file name (the PNG outputs' ``ben:source``)."""
+SOURCE_TAG = VIDEO_SOURCE_TAG
+"""Container metadata key holding the source's file name (:data:`ben_cli.io.VIDEO_SOURCE_TAG`)."""
 
 _CONTAINER = {VideoFormat.webm: "webm", VideoFormat.mov: "mov", VideoFormat.mp4: "mp4"}
 _AUDIO_CODEC = {VideoFormat.webm: "libopus", VideoFormat.mov: "aac", VideoFormat.mp4: "aac"}
@@ -286,8 +287,6 @@ class FrameFolderSink:
         return None
 
     def write(self, pts: int, array: np.ndarray) -> None:
-        from ben_cli.io import encode_image
-
         data = encode_image(array, self.fmt, compression=self.output.png_compression, quality=self.output.quality,
                             source=self.source_name)
         self.frames += 1
@@ -313,16 +312,5 @@ class FrameFolderSink:
 
 
 def read_video_source(path: str | Path) -> str | None:
-    """The source file name recorded in a video output (``ben_source`` tag) or a frame folder's first image."""
-    path = Path(path)
-    if path.is_dir():
-        from ben_cli.io import read_output_source
-
-        first = min((p for p in path.iterdir() if p.name.startswith("frame_")), default=None)
-        return read_output_source(first) if first is not None else None
-    try:
-        av = import_av()
-        with av.open(str(path), "r") as container:
-            return next((v for k, v in container.metadata.items() if k.lower() == SOURCE_TAG), None)
-    except Exception:
-        return None
+    """The source file name recorded in a video output or a frame folder (:func:`ben_cli.io.read_output_source`)."""
+    return read_output_source(path)
