@@ -224,9 +224,9 @@ def output_ends(suffixes: Mapping[str, str], defaults: Mapping[str, str] = SUFFI
 
 
 def strip_suffix(name: str, suffixes: Iterable[str]) -> str:
-    """The base of an output file name: ``a.alpha.png`` -> ``a``, ``a.png`` -> ``a``."""
+    """The base of an output file name: ``a.alpha.png`` -> ``a``, ``a.png`` -> ``a`` (suffix ``""``: ``a`` -> ``a``)."""
     lower = name.lower()
     for suffix in sorted(suffixes, key=len, reverse=True):
         if lower.endswith(suffix):
-            return name[: -len(suffix)]
+            return name[: len(name) - len(suffix)]
     return name
