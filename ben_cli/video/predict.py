@@ -5,7 +5,8 @@ path). With ``smooth = N > 1`` the Eraser's stages are called one by one: the ba
 probability of every frame (stages 1-2) is kept for ``N`` frames, and each frame's
 probability is replaced by the mean over a centered window of ``N`` frames
 (``(N - 1) // 2`` before, ``N // 2`` after, fewer at the ends of the clip) before
-the trimap, the refiner and the resize back (:meth:`Eraser.finish`, as for images). A frame is finished once the ``N // 2`` frames after it have been
+the trimap, the refiner and the resize back (:meth:`Eraser.finish`, as for
+images). A frame is finished once the ``N // 2`` frames after it have been
 through the model, so outputs lag the model by that many frames, and
 ``N + batch_size`` probability maps stay on the device.
 
