@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ben_cli.checkpoints.load import build_from_checkpoint, read_checkpoint
+from ben_cli.checkpoints import load as checkpoint_load  # looked up per call: tests patch read_checkpoint
 from ben_cli.checkpoints.weights import find_refiner_weights, find_weights
 from ben_cli.device import (
     init_device_async,
@@ -76,7 +76,7 @@ def load_parts(options: InferenceOptions, *, stacklevel: int = 2) -> EraserParts
         warnings.warn(slow, BenWarning, stacklevel=stacklevel + 1)
     warming = init_device_async(device)  # the CUDA context is made while the checkpoint is read
     path = find_weights(options.weights, model=options.model)
-    net = build_from_checkpoint(read_checkpoint(path), options.model, str(path))
+    net = checkpoint_load.build_from_checkpoint(checkpoint_load.read_checkpoint(path), options.model, str(path))
     if warming is not None:
         warming.join()
     net = net.to(device=device, dtype=weights_dtype(dtype, options.autocast))  # ours: cast in place, no copy
