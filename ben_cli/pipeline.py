@@ -186,7 +186,8 @@ class Eraser:
             return self._fallback(batch).float()
 
     def trimap(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S) logits -> confidence trimap (B, 1, S, S) uint8 (paper Algorithms 1-2)."""
+        """(B, 1, S, S) logits -> confidence trimap (B, 1, S, S) uint8 (paper Algorithms 1-2); :meth:`finish`
+        computes the same from their probability (:func:`ben_cli.refine.trimap_from_prob`)."""
         c = self.trimap_cfg
         return confidence_trimap(logits, min_gray=c.min_gray, t_low=c.t_low, t_high=c.t_high,
                                  t_min=c.t_min, t_max=c.t_max, step=c.step)
@@ -296,11 +297,11 @@ class Eraser:
         replicas may run in parallel threads.
         """
         device = torch.device(device)
-        twin = Eraser(copy_to_device(self.model, device), device=device, dtype=self.dtype,
-                      resolution=self.resolution, trimap=self.trimap_cfg, compile=self.compiled,
-                      batch_size=self.batch_size, refiner=self.refiner.replicate(device),
-                      max_refine_side=self.max_refine_side, mean=self.mean, std=self.std,
-                      settings={**self.settings, "device": str(device)}, autocast=self.autocast)
+        twin = type(self)(copy_to_device(self.model, device), device=device, dtype=self.dtype,
+                          resolution=self.resolution, trimap=self.trimap_cfg, compile=self.compiled,
+                          batch_size=self.batch_size, refiner=self.refiner.replicate(device),
+                          max_refine_side=self.max_refine_side, mean=self.mean, std=self.std,
+                          settings={**self.settings, "device": str(device)}, autocast=self.autocast)
         if self._fallback is not None:
             twin._fallback = copy_to_device(self._fallback, device)
         return twin
