@@ -263,3 +263,37 @@ def resolve_devices(spec: str = "auto") -> list[torch.device]:
             raise UsageError(f"device {part!r} is listed twice in {spec!r}")
         devices.append(device)
     return devices
+
+
+# --------------------------------------------------------------------------- measuring (ben bench)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA, MPS); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def gpu_name(device: torch.device) -> str | None:
+    """The CUDA device's name (``NVIDIA H100 80GB HBM3``); None for any other device."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_allocated` (CUDA; a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_allocated(device: torch.device) -> int:
+    """Bytes: the most torch had allocated on the CUDA device since :func:`reset_peak_memory`
+    (weights included); 0 for any other device."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Hand the CUDA caching allocator's free blocks back to the driver (for another process); a no-op elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

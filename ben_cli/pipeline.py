@@ -12,12 +12,18 @@ stages with small typed interfaces:
    :func:`ben_cli.refine.tiles.refine_full_resolution`) for larger ones;
 5. :meth:`Eraser.postprocess`: -> one :class:`Prediction` per image at its own size.
 
-Resizing to the model side (Lanczos, as the official pipeline) is
+:meth:`Eraser.finish` composes what follows the base model (probability -> trimap -> refine ->
+each image's size) for every caller (:meth:`Eraser.predict`, the video path, ``ben bench``).
+Loading from options is :mod:`ben_cli.eraser_build` (:meth:`Eraser.from_options` builds from
+what it loads). Resizing to the model side (Lanczos, as the official pipeline) is
 :func:`ben_cli.resize.resize_for_model`; the batch runner calls it in its reader threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,20 +39,25 @@ from ben_cli.device import (
     compile_model,
     dtype_name,
     inference_context,
-    init_device_async,
-    keep_cpu_memory,
     mark_compiled_step,
-    resolve_device,
-    resolve_dtype,
-    slow_precision_warning,
+    resolve_devices,
     uses_cuda_graphs,
     weights_dtype,
 )
+from ben_cli.eraser_build import build_refiner, load_parts, resolve_options
 from ben_cli.errors import BenWarning
+from ben_cli.models.replica import copy_to_device
 from ben_cli.options import InferenceOptions, check_resolution
-from ben_cli.refine import NoRefiner, RefineStage
+from ben_cli.refine import NoRefiner, RefineStage, trimap_from_prob
+from ben_cli.refine.tiles import refine_full_resolution
 from ben_cli.resize import resize_for_model
 from ben_cli.trimap import confidence_trimap
+
+StageTimer = Callable[[str], contextlib.AbstractContextManager[Any]]
+"""``timer(name)`` -> a context around one stage of :meth:`Eraser.finish` (names: :data:`FINISH_STAGES`)."""
+FINISH_STAGES: tuple[str, ...] = ("trimap", "refine", "resize")
+"""The stages of :meth:`Eraser.finish`, in order: the confidence trimap (when needed), the refine stage
+(at the working side, and tiled at full size for images larger than it), alphas back to each image's size."""
 
 
 @dataclass
@@ -62,32 +73,14 @@ class Prediction:
     refiner: str = "none"
 
 
-def build_refiner(options: InferenceOptions, device: torch.device | None = None) -> RefineStage:
-    """The refine stage that ``options.refiner`` resolves to.
-
-    ``auto``: the network when its weights are found, else ``matting`` (it beats the
-    base probability on every error of ``scripts/bench_refiner.py``). ``net``
-    without weights is an error that says how to get them.
-    """
-    from ben_cli.checkpoints.weights import find_refiner_weights
-    from ben_cli.refine import get_refiner
-
-    name = options.refiner.value
-    if name in ("auto", "net"):
-        weights = find_refiner_weights(options.refiner_weights, required=name == "net")
-        if weights is not None:
-            return get_refiner("net", weights=weights, device=device)
-        name = "matting"
-    return get_refiner(name, device=device)
-
-
 class Eraser:
     """Batched inference: ``predict(images)`` -> one :class:`Prediction` per image."""
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
                  resolution: int = 1024, trimap: TrimapConfig | None = None, compile: bool = False,
                  batch_size: int = 1, refiner: RefineStage | None = None, max_refine_side: int | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 mean: Sequence[float] | torch.Tensor | None = None,
+                 std: Sequence[float] | torch.Tensor | None = None,
                  settings: dict[str, Any] | None = None, autocast: bool = False) -> None:
         """``dtype``: the compute dtype. fp16/bf16 keep the model's weights in ``dtype`` (cast once
         here; the input is fed in ``dtype``, no op is wrapped), unless ``autocast``: then the weights
@@ -107,8 +100,8 @@ class Eraser:
         config = getattr(model, "config", None)
         mean = mean if mean is not None else getattr(config, "mean", IMAGENET_MEAN)
         std = std if std is not None else getattr(config, "std", IMAGENET_STD)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         # torch.compile (inductor) fuses the elementwise work; it compiles once per
         # batch shape, so batches are padded to ``batch_size`` when it is on.
         self.batch_size = batch_size
@@ -132,37 +125,16 @@ class Eraser:
 
     @classmethod
     def from_options(cls, options: InferenceOptions | str | Path | None = None, **changes: Any) -> Eraser:
-        """Resolve device, dtype and weights (search or download) and load the model.
+        """Resolve device, dtype and weights (search or download) and load the model
+        (:func:`ben_cli.eraser_build.load_parts`).
 
         ``options`` may also be a weights path; ``changes`` are applied to the options
         first (``Eraser.from_options(model="tiny", weights=path, device="cpu")``).
         """
-        from ben_cli.checkpoints.load import build_from_checkpoint, read_checkpoint
-        from ben_cli.checkpoints.weights import find_weights
-        from ben_cli.version import __version__
-
-        if isinstance(options, (str, Path)):
-            options, changes = None, {"weights": Path(options), **changes}
-        options = options or InferenceOptions()
-        if changes:
-            options = options.replace(**changes)
-        device = resolve_device(options.device)
-        dtype = resolve_dtype(options.precision.value, device)
-        if device.type == "cpu":
-            keep_cpu_memory()
-        slow = slow_precision_warning(device, dtype)
-        if slow:
-            warnings.warn(slow, BenWarning, stacklevel=2)
-        warming = init_device_async(device)  # the CUDA context is made while the checkpoint is read
-        path = find_weights(options.weights, model=options.model)
-        net = build_from_checkpoint(read_checkpoint(path), options.model, str(path))
-        if warming is not None:
-            warming.join()
-        net = net.to(device=device, dtype=weights_dtype(dtype, options.autocast))  # ours: cast in place, no copy
-        settings = {"model": _model_name(net, options.model), "weights": str(path), "version": __version__}
-        return cls(net, device=device, dtype=dtype, resolution=options.resolution, compile=options.compile,
-                   batch_size=options.batch_size_for(device.type), refiner=build_refiner(options, device),
-                   max_refine_side=options.max_refine_side, settings=settings, autocast=options.autocast)
+        parts = load_parts(resolve_options(options, **changes), stacklevel=3)
+        return cls(parts.model, device=parts.device, dtype=parts.dtype, resolution=parts.resolution,
+                   compile=parts.compile, batch_size=parts.batch_size, refiner=parts.refiner,
+                   max_refine_side=parts.max_refine_side, settings=parts.settings, autocast=parts.autocast)
 
     # ------------------------------------------------------------------ stages
 
@@ -214,7 +186,8 @@ class Eraser:
             return self._fallback(batch).float()
 
     def trimap(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S) logits -> confidence trimap (B, 1, S, S) uint8 (paper Algorithms 1-2)."""
+        """(B, 1, S, S) logits -> confidence trimap (B, 1, S, S) uint8 (paper Algorithms 1-2); :meth:`finish`
+        computes the same from their probability (:func:`ben_cli.refine.trimap_from_prob`)."""
         c = self.trimap_cfg
         return confidence_trimap(logits, min_gray=c.min_gray, t_low=c.t_low, t_high=c.t_high,
                                  t_min=c.t_min, t_max=c.t_max, step=c.step)
@@ -232,8 +205,6 @@ class Eraser:
     def refine_full_size(self, image: np.ndarray, prob: torch.Tensor) -> torch.Tensor:
         """One image (H, W, 3) uint8 and its base probability (1, 1, S, S) -> alpha (1, 1, H, W) float32,
         refined tile by tile at the image's size (long side capped at ``max_refine_side``)."""
-        from ben_cli.refine.tiles import refine_full_resolution
-
         with torch.inference_mode():
             pixels = torch.from_numpy(image).to(self.device, non_blocking=True)
             return refine_full_resolution(pixels, prob, self.refiner, max_side=self.max_refine_side,
@@ -254,20 +225,43 @@ class Eraser:
 
     # ------------------------------------------------------------------ whole pipeline
 
+    def finish(self, images: Sequence[np.ndarray], prob: torch.Tensor,
+               rgb: torch.Tensor | Sequence[np.ndarray], *, want_trimap: bool = False,
+               timer: StageTimer | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """What follows the base model: probability -> trimap -> refine -> each image's size.
+
+        ``images``: the images (H, W, 3) uint8 at their own sizes; ``prob``: their base probability
+        (B, 1, S, S) float32 in [0, 1] on the device; ``rgb``: the same images at the working side,
+        (B, 3, S, S) float in [0, 1] on the device (:meth:`preprocess`), or the model-side uint8
+        images (S, S, 3), preprocessed here only when some image is refined at the working side.
+        ``timer(name)``: a context entered around each of :data:`FINISH_STAGES` (for ``ben bench``).
+
+        Returns each image's alpha (1, 1, H, W) float32 in [0, 1] and, with ``want_trimap``, the
+        working trimap (B, 1, S, S) uint8 (else None).
+        """
+        timer = timer or _untimed
+        with timer("trimap"):
+            need = want_trimap or self.refiner.needs_trimap
+            trimap = trimap_from_prob(prob, self.trimap_cfg) if need else None
+        with timer("refine"):
+            full = [self.refines_at_full_size(im) for im in images]
+            alpha = prob
+            if not all(full):
+                alpha = self.refine(rgb if isinstance(rgb, torch.Tensor) else self.preprocess(rgb), prob, trimap)
+            big = {i: self.refine_full_size(im, prob[i : i + 1]) for i, im in enumerate(images) if full[i]}
+        with timer("resize"):
+            alphas = [big[i] if i in big else resize_alpha(alpha[i : i + 1].float(), im.shape[:2])
+                      for i, im in enumerate(images)]
+        return alphas, trimap if want_trimap else None
+
     def _alphas(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None,
                 want_trimap: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Stages 1-4: each image's alpha (1, 1, H, W) float32 in [0, 1] and the working trimap (or None)."""
         if resized is None:
             resized = [resize_for_model(im, self.resolution) for im in images]
         rgb = self.preprocess(resized)
-        logits = self.base(rgb)
-        prob = torch.sigmoid(logits)
-        trimap = self.trimap(logits) if want_trimap or self.refiner.needs_trimap else None
-        full = [self.refines_at_full_size(im) for im in images]
-        alpha = prob if all(full) else self.refine(rgb, prob, trimap)
-        alphas = [self.refine_full_size(im, prob[i : i + 1]) if full[i]
-                  else resize_alpha(alpha[i : i + 1].float(), im.shape[:2]) for i, im in enumerate(images)]
-        return alphas, trimap if want_trimap else None
+        prob = torch.sigmoid(self.base(rgb))
+        return self.finish(images, prob, rgb, want_trimap=want_trimap)
 
     def predict(self, images: Sequence[np.ndarray], *, resized: Sequence[np.ndarray] | None = None,
                 want_trimap: bool = False) -> list[Prediction]:
@@ -293,23 +287,29 @@ class Eraser:
     def replicate(self, device: torch.device | str) -> Eraser:
         """This Eraser on ``device``, for one model replica per device (:func:`load_erasers`).
 
-        Same weights (each tensor copied straight to ``device``; the checkpoint is not read
-        again), dtype, resolution, trimap settings, refiner (a network refiner is copied too),
-        batch size and compile setting; ``settings["device"]`` names ``device``. The copy
-        shares nothing that a forward pass changes, so replicas may run in parallel threads.
+        A replica holds: the model copied straight to ``device`` (the checkpoint is not read again;
+        its caches of derived constants start empty, :func:`ben_cli.models.replica.copy_to_device`),
+        the normalisation ``mean``/``std`` there, the refine stage's own copy for ``device``
+        (:meth:`ben_cli.refine.RefineStage.replicate`: a network refiner is copied, a training-free one
+        shared), the fp32 fallback model if one was made, and the same dtype, autocast, resolution,
+        trimap settings, batch size, full-size cap and compile setting (compiled anew for ``device``);
+        ``settings["device"]`` names ``device``. It shares nothing that a forward pass changes, so
+        replicas may run in parallel threads.
         """
-        import copy
-
         device = torch.device(device)
-        twin = copy.copy(self)
-        moved: dict[int, Any] = {}
-        for name, value in vars(self).items():
-            if name != "_forward":
-                setattr(twin, name, _on_device(value, device, moved))
-        twin.device = device
-        twin._forward = twin._make_forward()  # compiled (and its constants built) for ``device`` like the original
-        twin.settings = {**self.settings, "device": str(device)}
+        twin = type(self)(copy_to_device(self.model, device), device=device, dtype=self.dtype,
+                          resolution=self.resolution, trimap=self.trimap_cfg, compile=self.compiled,
+                          batch_size=self.batch_size, refiner=self.refiner.replicate(device),
+                          max_refine_side=self.max_refine_side, mean=self.mean, std=self.std,
+                          settings={**self.settings, "device": str(device)}, autocast=self.autocast)
+        if self._fallback is not None:
+            twin._fallback = copy_to_device(self._fallback, device)
         return twin
+
+
+def _untimed(name: str) -> contextlib.AbstractContextManager[None]:
+    """The :data:`StageTimer` that times nothing."""
+    return contextlib.nullcontext()
 
 
 def inference_copy(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -318,68 +318,10 @@ def inference_copy(model: torch.nn.Module, device: torch.device, dtype: torch.dt
     When any of them is in another dtype, a copy is cast (a caller who keeps using its float32
     model is not handed a half-precision one); otherwise the model itself is moved.
     """
-    import itertools
-
     tensors = itertools.chain(model.parameters(), model.buffers())
     if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
-        import copy
-
         model = copy.deepcopy(model)
     return model.to(device=device, dtype=dtype)
-
-
-def _model_name(model: torch.nn.Module, requested: str) -> str:
-    """The registry name whose configuration the loaded model has (``custom`` for none)."""
-    from ben_cli.models.registry import MODELS
-
-    config = getattr(model, "config", None)
-    if config is None or MODELS[requested].config == config:
-        return requested
-    return next((name for name, entry in MODELS.items() if entry.config == config), "custom")
-
-
-
-def _copy_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """A deep copy of ``module`` whose parameters and buffers are copied straight to ``device``
-    (no second copy on the source device on the way). Caches of derived constants (a submodule's
-    ``*_cache`` attributes, e.g. :func:`ben_cli.models.cache.module_cache`) start empty."""
-    import copy
-    import itertools
-
-    memo: dict[int, Any] = {}
-    for sub in module.modules():
-        for name, value in vars(sub).items():
-            if name.endswith("_cache") and isinstance(value, dict):
-                memo[id(value)] = {}
-    for t in itertools.chain(module.parameters(), module.buffers()):
-        if id(t) not in memo:
-            data = t.detach().to(device, copy=True)
-            memo[id(t)] = torch.nn.Parameter(data, t.requires_grad) if isinstance(t, torch.nn.Parameter) else data
-    return copy.deepcopy(module, memo)
-
-
-def _on_device(value: Any, device: torch.device, moved: dict[int, Any]) -> Any:
-    """``value`` for a replica on ``device``: tensors and modules copied there (each once, by
-    identity), an object holding some (a network refiner) shallow-copied with them moved; other
-    values (numbers, configs, training-free refiners) shared."""
-    import copy
-
-    if id(value) in moved:
-        return moved[id(value)]
-    if isinstance(value, torch.nn.Module):
-        out: Any = _copy_module(value, device)
-    elif isinstance(value, torch.Tensor):
-        out = value.to(device)
-    elif hasattr(value, "__dict__") and any(isinstance(v, (torch.nn.Module, torch.Tensor))
-                                            for v in vars(value).values()):
-        out = copy.copy(value)
-        for name, v in vars(value).items():
-            if isinstance(v, (torch.nn.Module, torch.Tensor)):
-                object.__setattr__(out, name, _on_device(v, device, moved))
-    else:
-        return value
-    moved[id(value)] = out
-    return out
 
 
 def load_erasers(options: InferenceOptions) -> list[Eraser]:
@@ -389,10 +331,11 @@ def load_erasers(options: InferenceOptions) -> list[Eraser]:
     the first device, and :meth:`Eraser.replicate` copies the model to each other device;
     each Eraser's ``settings["device"]`` names its own device.
     """
-    from ben_cli.device import resolve_devices
-
     devices = resolve_devices(options.device)
     if len(devices) == 1:
         return [Eraser.from_options(options)]
     first = Eraser.from_options(options.replace(device=str(devices[0])))
     return [first, *(first.replicate(device) for device in devices[1:])]
+
+
+__all__ = ["FINISH_STAGES", "Eraser", "Prediction", "StageTimer", "build_refiner", "inference_copy", "load_erasers"]

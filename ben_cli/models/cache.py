@@ -10,13 +10,14 @@ traced graph only reads them.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
 T = TypeVar("T")
 
 CACHE_SIZE = 16  # entries kept per module: (kind, grid size, device, dtype) combinations in use
+CACHE_ATTRIBUTE = "_constant_cache"  # the entry of ``module.__dict__`` that holds a module's cache
 
 
 def module_cache(module: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
@@ -30,7 +31,7 @@ def module_cache(module: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
     The cache lives in ``module.__dict__`` (not a buffer): it is never saved, and
     ``module.to(...)`` does not move it (the device and dtype are part of the key).
     """
-    cache: dict = module.__dict__.get("_constant_cache", {})
+    cache: dict = module.__dict__.get(CACHE_ATTRIBUTE, {})
     entry = cache.get(key)
     if entry is None:
         entry = build()
@@ -38,5 +39,13 @@ def module_cache(module: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
         while len(fresh) >= CACHE_SIZE:
             del fresh[next(iter(fresh))]
         fresh[key] = entry
-        module.__dict__["_constant_cache"] = fresh
+        module.__dict__[CACHE_ATTRIBUTE] = fresh
     return entry
+
+
+def empty_caches_memo(module: nn.Module) -> dict[int, Any]:
+    """A ``copy.deepcopy`` memo in which the cache of ``module`` and of each of its submodules
+    is a fresh empty dict: ``copy.deepcopy(module, empty_caches_memo(module))`` starts with no
+    derived constant (none is copied; a copy for another device builds its own there)."""
+    return {id(cache): {} for sub in module.modules()
+            if (cache := sub.__dict__.get(CACHE_ATTRIBUTE)) is not None}

@@ -51,6 +51,12 @@ class RefineStage(Protocol):
         the trimap is 255, 0 where it is 0, the method's estimate where it is 128. Any H, W."""
         ...
 
+    def replicate(self, device: torch.device) -> RefineStage:
+        """This stage for a model replica on ``device`` (:meth:`ben_cli.pipeline.Eraser.replicate`): a stage
+        with weights returns a copy holding them on ``device``; a training-free one returns itself (it
+        runs on its inputs' device and holds nothing a call changes)."""
+        ...
+
 
 class NoRefiner:
     """The base probability as the alpha (the trimap is not used, not even to clamp)."""
@@ -61,6 +67,10 @@ class NoRefiner:
 
     def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
         return prob
+
+    def replicate(self, device: torch.device) -> NoRefiner:
+        """Itself: nothing to copy (:meth:`RefineStage.replicate`)."""
+        return self
 
 
 # --------------------------------------------------------------------------- helpers shared by the methods

@@ -43,6 +43,10 @@ class PyMattingRefiner:
 
     halo = None  # a global solve: no finite context makes a tile exact
 
+    def replicate(self, device: torch.device) -> PyMattingRefiner:
+        """Itself: training-free and frozen, it runs on its inputs' device (:meth:`RefineStage.replicate`)."""
+        return self
+
     def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
         from ben_cli.refine import check_inputs, clamp_known
 

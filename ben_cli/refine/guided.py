@@ -124,6 +124,10 @@ class GuidedFilterRefiner:
         return replace(self, radius=max(1, round(self.radius * factor)),
                        subsample=max(1, round(self.subsample * factor)))
 
+    def replicate(self, device: torch.device) -> GuidedFilterRefiner:
+        """Itself: training-free and frozen, it runs on its inputs' device (:meth:`RefineStage.replicate`)."""
+        return self
+
     def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
         from ben_cli.refine import check_inputs, clamp_known
 

@@ -122,6 +122,10 @@ class LaplacianRefiner:
 
     halo = None  # CG's step sizes are sums over the whole image: no finite context makes a tile exact
 
+    def replicate(self, device: torch.device) -> LaplacianRefiner:
+        """Itself: training-free and frozen, it runs on its inputs' device (:meth:`RefineStage.replicate`)."""
+        return self
+
     def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
         from ben_cli.refine import check_inputs, clamp_known
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ben_cli.errors import CheckpointError
+from ben_cli.models.replica import copy_to_device
 
 
 class NetRefiner:
@@ -50,6 +51,12 @@ class NetRefiner:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def replicate(self, device: torch.device) -> NetRefiner:
+        """A copy whose network is copied to ``device`` (:meth:`ben_cli.refine.RefineStage.replicate`);
+        the same dtype, source and ``full_resolution``."""
+        return NetRefiner(copy_to_device(self.model, device), dtype=self.dtype, source=self.source,
+                          full_resolution=self.full_resolution)
 
     def __call__(self, image: torch.Tensor, prob: torch.Tensor, trimap: torch.Tensor | None) -> torch.Tensor:
         """See :class:`ben_cli.refine.RefineStage`: (B, 3, H, W), (B, 1, H, W), (B, 1, H, W) uint8

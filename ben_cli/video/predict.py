@@ -5,8 +5,8 @@ path). With ``smooth = N > 1`` the Eraser's stages are called one by one: the ba
 probability of every frame (stages 1-2) is kept for ``N`` frames, and each frame's
 probability is replaced by the mean over a centered window of ``N`` frames
 (``(N - 1) // 2`` before, ``N // 2`` after, fewer at the ends of the clip) before
-the trimap, the refiner and the resize back (stages 3-5, as ``Eraser._alphas``
-does them). A frame is finished once the ``N // 2`` frames after it have been
+the trimap, the refiner and the resize back (:meth:`Eraser.finish`, as for
+images). A frame is finished once the ``N // 2`` frames after it have been
 through the model, so outputs lag the model by that many frames, and
 ``N + batch_size`` probability maps stay on the device.
 
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ben_cli.compose import resize_alpha
 from ben_cli.pipeline import Eraser, Prediction
 
 
@@ -118,18 +117,7 @@ class FramePredictor:
         return done
 
     def _stages(self, held: Sequence[_Held], prob: torch.Tensor) -> list[Prediction]:
-        """Stages 3-5 of :meth:`Eraser._alphas` on smoothed probabilities (B, 1, S, S)."""
-        e = self.eraser
+        """:meth:`Eraser.finish` and :meth:`Eraser.postprocess` on smoothed probabilities (B, 1, S, S)."""
         images = [h.image for h in held]
-        need_trimap = self.want_trimap or e.refiner.needs_trimap
-        trimap = e.trimap(torch.logit(prob, eps=1e-7)) if need_trimap else None
-        full = [e.refines_at_full_size(im) for im in images]
-        if all(full):
-            alpha = prob
-        else:
-            with torch.inference_mode():
-                rgb = e.preprocess([h.resized for h in held])
-            alpha = e.refine(rgb, prob, trimap)
-        alphas = [e.refine_full_size(im, prob[i : i + 1]) if full[i]
-                  else resize_alpha(alpha[i : i + 1].float(), im.shape[:2]) for i, im in enumerate(images)]
-        return e.postprocess(alphas, trimap if self.want_trimap else None, [im.shape[:2] for im in images])
+        alphas, trimap = self.eraser.finish(images, prob, [h.resized for h in held], want_trimap=self.want_trimap)
+        return self.eraser.postprocess(alphas, trimap, [im.shape[:2] for im in images])
