@@ -258,3 +258,16 @@ class VideoOptions:
         if fmt is VideoFormat.mp4 and self.crf is not None and self.crf > 51:
             raise OptionError("crf", f"H.264 (mp4) takes 0 to 51, got {self.crf}")
         return fmt
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The ray engine's own settings: the cluster to join (None: ``$RAY_ADDRESS``, else a runtime started here)
+    and the GPUs of each model actor (None: 1 when the cluster has GPUs, else 0 and the CPU)."""
+
+    address: str | None = None
+    gpus_per_worker: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:
+            raise OptionError("gpus_per_worker", f"must be 0 or more, got {self.gpus_per_worker}")

@@ -17,160 +17,18 @@ package imports neither torch nor Ray.
 from __future__ import annotations
 
 import importlib.util
-import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from ben_cli.engines.results import STATUSES, FileResult, Interrupted, Results, Run, RunSummary
 from ben_cli.errors import EngineError, OptionError, UsageError
+from ben_cli.options import RayOptions
 
 if TYPE_CHECKING:
     from ben_cli.options import InferenceOptions, OutputOptions, VideoOptions
-    from ben_cli.plan import Job, Plan
+    from ben_cli.plan import Plan
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 """The names ``--engine`` takes."""
-
-STATUSES = ("done", "skipped", "failed")
-
-
-@dataclass
-class FileResult:
-    """What happened to one input: ``status`` is done, skipped (outputs exist) or failed (``error`` says why)."""
-
-    input: str
-    status: str
-    outputs: list[str] = field(default_factory=list)
-    error: str | None = None
-    traceback: str | None = field(default=None, repr=False)  # internal errors only; not in reports
-    frames: int | None = None  # videos: frames written
-
-
-@dataclass
-class RunSummary:
-    """The results of a run, in input order, with its settings and timings.
-
-    ``seconds`` counts from the end of model loading (so images/s excludes it);
-    ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None.
-    """
-
-    results: list[FileResult]
-    total: int
-    seconds: float
-    load_seconds: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
-    interrupted: str | None = None
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.results)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.count("done") / self.seconds if self.seconds > 0 else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        totals: dict[str, Any] = {s: self.count(s) for s in STATUSES}
-        totals.update(seconds=round(self.seconds, 3), images_per_second=round(self.images_per_second, 3))
-        run = {"inputs": self.total, "not_processed": self.total - len(self.results),
-               "load_seconds": round(self.load_seconds, 3), "interrupted": self.interrupted}
-        files = [{k: v for k, v in asdict(r).items() if k != "traceback" and not (k == "frames" and v is None)}
-                 for r in self.results]
-        return {"settings": self.settings, "run": run, "totals": totals, "files": files}
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised by the SIGTERM handler: stops a run like Ctrl-C, remembering the signal."""
-
-    def __init__(self, signal_name: str = "SIGTERM") -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-
-
-class Run(Protocol):
-    """One run of an engine over a plan's jobs.
-
-    ``on_result`` sees each result as it comes; ``on_event(name, **info)`` sees "loading",
-    "loaded" (``seconds``) and, for the local engine, "batch_size" (``old``, ``new``, ``reason``).
-    """
-
-    jobs: list[Job]
-    on_result: Callable[[FileResult], None] | None
-    on_event: Callable[..., None]
-
-    def execute(self) -> RunSummary:
-        """Process every job; Ctrl-C/SIGTERM end it early (``interrupted``); returns :meth:`summary`."""
-        ...
-
-    def summary(self) -> RunSummary:
-        """The results so far, in input order (valid however :meth:`execute` ended)."""
-        ...
-
-
-class Results:
-    """What every engine's run keeps: the results as they come, the settings, the timings."""
-
-    def __init__(self, jobs: Sequence[Job], *, on_result: Callable[[FileResult], None] | None = None,
-                 on_event: Callable[..., None] | None = None, settings: dict[str, Any] | None = None) -> None:
-        self.jobs = list(jobs)
-        self.on_result = on_result
-        self.on_event = on_event or (lambda name, **info: None)
-        self.results: list[FileResult] = []
-        self.settings: dict[str, Any] = dict(settings or {})  # completed by the Eraser's own once loaded
-        self.interrupted: str | None = None
-        self.load_seconds = 0.0
-        self._started = time.perf_counter()
-        self._loaded_at: float | None = None
-
-    def record(self, result: FileResult) -> None:
-        self.results.append(result)
-        if self.on_result:
-            self.on_result(result)
-
-    def execute(self) -> RunSummary:
-        """Process every job (the engine's ``_execute``); Ctrl-C/SIGTERM end it early (``interrupted``)."""
-        try:
-            self._execute()
-        except KeyboardInterrupt as e:
-            self.interrupted = getattr(e, "signal_name", "SIGINT")
-        return self.summary()
-
-    def _execute(self) -> None:
-        raise NotImplementedError
-
-    def pending(self, overwrite: bool, existing: Collection[str] | None) -> list[Job]:
-        """The jobs with outputs left to write (only those outputs); the others are recorded as skipped."""
-        from ben_cli.engines.steps import missing_outputs
-
-        todo: list[Job] = []
-        for job in self.jobs:
-            left = missing_outputs(job, overwrite, existing)
-            if left is None:
-                self.record(FileResult(job.label, "skipped", [str(p) for p in job.outputs.values()]))
-            else:
-                todo.append(left)
-        return todo
-
-    def summary(self) -> RunSummary:
-        """The results so far, in input order (valid after :meth:`execute` ended in any way)."""
-        order = {job.label: i for i, job in enumerate(self.jobs)}
-        results = sorted(self.results, key=lambda r: order.get(r.input, len(order)))
-        start = self._loaded_at if self._loaded_at is not None else self._started
-        return RunSummary(results, len(self.jobs), time.perf_counter() - start, self.load_seconds,
-                          dict(self.settings), self.interrupted)
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """The ray engine's own settings: the cluster to join (None: ``$RAY_ADDRESS``, else a runtime started here)
-    and the GPUs of each model actor (None: 1 when the cluster has GPUs, else 0 and the CPU)."""
-
-    address: str | None = None
-    gpus_per_worker: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:
-            raise OptionError("gpus_per_worker", f"must be 0 or more, got {self.gpus_per_worker}")
-
 
 def check_engine(name: str) -> None:
     """Raise when engine ``name`` cannot run here: an unknown name, or Ray not installed."""
@@ -224,5 +82,6 @@ def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: Outp
                     video=video)
 
 
-__all__ = ["ENGINES", "FileResult", "Interrupted", "RayOptions", "Results", "Run", "RunSummary", "check_engine",
+__all__ = ["ENGINES", "STATUSES", "FileResult", "Interrupted", "RayOptions", "Results", "Run", "RunSummary",
+           "check_engine",
            "create_run"]

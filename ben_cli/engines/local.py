@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ben_cli.engines import FileResult, Results
+from ben_cli.engines.results import FileResult, Results
 from ben_cli.engines.steps import (
     Item,
     failure,

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ben_cli.engines import FileResult, RayOptions, Results
+from ben_cli.engines.results import FileResult, Results
 from ben_cli.errors import BenError, BenWarning, EngineError
-from ben_cli.options import InferenceOptions, OutputOptions, cpu_count
+from ben_cli.options import InferenceOptions, OutputOptions, RayOptions, cpu_count
 from ben_cli.plan import Job
 
 
