@@ -106,7 +106,7 @@ def slow_precision_warning(device: torch.device, dtype: torch.dtype) -> str | No
         return None
     name = dtype_name(dtype)
     return (f"{name} on the CPU without native {name} kernels (this one has none) is many times slower than fp32 "
-            "and no more accurate; use --precision fp32")
+            "and no more accurate; use {opt:precision} fp32")
 
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -294,6 +294,13 @@ def peak_memory_allocated(device: torch.device) -> int:
 
 
 def release_cached_memory(device: torch.device) -> None:
-    """Hand the CUDA caching allocator's free blocks back to the driver (for another process); a no-op elsewhere."""
+    """Hand ``device``'s cached free blocks back to the driver (after an out-of-memory error, or for another
+    process); a no-op off CUDA. Runs on ``device`` itself, whichever GPU is current."""
     if device.type == "cuda":
-        torch.cuda.empty_cache()
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make ``device`` this thread's current CUDA device for the block (a no-op elsewhere)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -6,8 +6,29 @@ exit codes (0 all done, 1 some inputs failed, 2 nothing could run).
 
 from __future__ import annotations
 
+import re
 
-class BenError(Exception):
+_OPTION = re.compile(r"\{opt:([a-z_]+)\}")
+
+
+def render_options(text: str, flags: bool) -> str:
+    """A library message's ``{opt:param}`` placeholders -> the parameter's name (``batch_size``), or with
+    ``flags`` the command-line flag (``--batch-size``), as the CLI shows it."""
+    return _OPTION.sub(lambda m: "--" + m[1].replace("_", "-") if flags else m[1], text)
+
+
+class _NamesOptions:
+    """A message that names other options as ``{opt:param}`` (the library never spells a CLI flag)."""
+
+    def __str__(self) -> str:
+        return render_options(super().__str__(), flags=False)
+
+    def flag_message(self) -> str:
+        """The message with command-line flags in place of parameter names (what the CLI prints)."""
+        return render_options(super().__str__(), flags=True)
+
+
+class BenError(_NamesOptions, Exception):
     """Base class of every error that ``ben`` reports without a traceback."""
 
     exit_code: int = 2
@@ -22,7 +43,8 @@ class OptionError(UsageError):
 
     The library names the parameter; the CLI shows the flag (``--batch-size``).
     ``reason`` may place the name itself with ``{flag}`` (``noun`` stands there in the
-    library's message); otherwise the message is prefixed with it.
+    library's message); otherwise the message is prefixed with it. Other options are
+    named ``{opt:param}``, as in every :class:`BenError`.
     """
 
     def __init__(self, param: str, reason: str, noun: str | None = None) -> None:
@@ -38,8 +60,8 @@ class OptionError(UsageError):
         return self.reason.replace("{flag}", name) if "{flag}" in self.reason else f"{name}: {self.reason}"
 
     def flag_message(self) -> str:
-        """The message with the command-line flag instead of the parameter name."""
-        return self._render("--" + self.param.replace("_", "-"))
+        """The message with the command-line flags instead of the parameter names."""
+        return render_options(self._render("--" + self.param.replace("_", "-")), flags=True)
 
 
 class WeightsNotFoundError(BenError):
@@ -79,7 +101,7 @@ class PairingError(BenError):
     """Predictions and ground truths do not pair up one to one (``ben eval``)."""
 
 
-class BenWarning(UserWarning):
+class BenWarning(_NamesOptions, UserWarning):
     """Something the user should know that does not stop the run (a slow path, a renamed output).
 
     The CLI prints these as one ``ben: warning: ...`` line each.

@@ -122,10 +122,11 @@ class InferenceOptions:
             if value is not None and not isinstance(value, Path):
                 set_(self, name, Path(value))
         if self.refiner_weights is not None and self.refiner not in (Refiner.auto, Refiner.net):
-            raise OptionError("refiner_weights", f"only the net refiner takes weights (--refiner {self.refiner.value} "
-                                                 "has none)")
+            raise OptionError("refiner_weights", "only the net refiner takes weights "
+                                                 f"({{opt:refiner}} {self.refiner.value} has none)")
         if self.autocast and self.precision is Precision.fp32:
-            raise OptionError("autocast", "runs the model in fp16 or bf16: use it with --precision fp16, bf16 or auto")
+            raise OptionError("autocast",
+                              "runs the model in fp16 or bf16: use it with {opt:precision} fp16, bf16 or auto")
         if self.max_refine_side is not None and (isinstance(self.max_refine_side, bool) or self.max_refine_side < 64):
             raise OptionError("max_refine_side", f"must be at least 64 pixels, got {self.max_refine_side}")
 
@@ -169,7 +170,7 @@ class OutputOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _enum(ImageFormat, self.format, "format"))
         if self.format is not ImageFormat.png and self.background is None:
-            raise OptionError("format", f"{self.format.value} has no transparency: give --background COLOR|IMAGE "
+            raise OptionError("format", f"{self.format.value} has no transparency: give {{opt:background}} COLOR|IMAGE "
                                         "to flatten the cutout, or keep png")
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
             raise OptionError("threshold", f"must be between 0 and 1, got {self.threshold}")
@@ -253,8 +254,8 @@ class VideoOptions:
         if fmt is VideoFormat.auto:
             fmt = VideoFormat.mp4 if background else VideoFormat.webm
         if fmt is VideoFormat.mp4 and not background:
-            raise OptionError("format", "mp4 (H.264) has no alpha channel: give --background COLOR|IMAGE to flatten "
-                                        "the video, or use webm or mov")
+            raise OptionError("format", "mp4 (H.264) has no alpha channel: give {opt:background} COLOR|IMAGE "
+                                        "to flatten the video, or use webm or mov")
         if fmt is VideoFormat.mp4 and self.crf is not None and self.crf > 51:
             raise OptionError("crf", f"H.264 (mp4) takes 0 to 51, got {self.crf}")
         return fmt

@@ -180,7 +180,7 @@ class Eraser:
         """
         if self._fallback is None:
             warnings.warn("fp16 overflowed in the model (non-finite output): such batches run again in fp32; "
-                          "use --precision bf16 or fp32 for these weights", BenWarning, stacklevel=3)
+                          "use {opt:precision} bf16 or fp32 for these weights", BenWarning, stacklevel=3)
             self._fallback = inference_copy(self.model, self.device, torch.float32)
         with inference_context(self.device, torch.float32):
             return self._fallback(batch).float()

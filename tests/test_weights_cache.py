@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 from ben_cli.checkpoints import cache as weights_cache
 from ben_cli.checkpoints.convert import to_official
 from ben_cli.checkpoints.load import Checkpoint, build_from_checkpoint, read_checkpoint, save_checkpoint
-from ben_cli.models.registry import build_model, parameters_on_meta
+from ben_cli.models.registry import build_model, init_non_persistent_buffers
 
 
 @pytest.fixture(autouse=True)
@@ -299,20 +298,19 @@ def test_a_mismatched_checkpoint_is_still_reported(tmp_path, tiny_model):
         build_from_checkpoint(read_checkpoint(tmp_path / "bad.pth"), "tiny")
 
 
-def test_parameters_on_meta_is_local_to_its_thread_and_undone():
+def test_an_empty_build_is_on_meta_and_loads_to_the_same_network():
+    """``empty=True`` builds on the meta device through torch's own device context (nn.Module is not
+    patched); loading with ``assign=True`` and computing the non-persistent buffers gives the network
+    that a normal build loaded with the same state dict is."""
     before = torch.nn.Module.register_parameter
-    other: list[torch.nn.Module] = []
-    with parameters_on_meta():
-        inside = torch.nn.Linear(3, 4)
-        thread = threading.Thread(target=lambda: other.append(torch.nn.Linear(3, 4)))
-        thread.start()
-        thread.join()
-        buffered = torch.nn.BatchNorm1d(4)
-    assert inside.weight.is_meta and inside.bias.is_meta and inside.weight.shape == (4, 3)
-    assert not other[0].weight.is_meta
-    assert buffered.weight.is_meta and not buffered.running_mean.is_meta  # buffers stay real
-    assert torch.nn.Module.register_parameter is before
-    assert not torch.nn.Linear(2, 2).weight.is_meta
     empty = build_model("tiny", empty=True)
-    assert all(p.is_meta for p in empty.parameters())
-    assert not any(b.is_meta for b in empty.buffers()) and len(list(empty.buffers())) > 2
+    assert torch.nn.Module.register_parameter is before
+    assert all(p.is_meta for p in empty.parameters()) and all(b.is_meta for b in empty.buffers())
+    assert not torch.nn.Linear(2, 2).weight.is_meta
+    real = build_model("tiny").eval()
+    empty.load_state_dict(real.state_dict(), strict=True, assign=True)
+    assert init_non_persistent_buffers(empty)
+    assert not any(t.is_meta for t in [*empty.parameters(), *empty.buffers()]) and len(list(empty.buffers())) > 2
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(empty.eval()(x), real(x))

@@ -114,7 +114,7 @@ def single_device(options: InferenceOptions) -> InferenceOptions:
     devices = resolve_devices(options.device)
     if len(devices) == 1:
         return options
-    warnings.warn(f"ben bench measures one device: {devices[0]} (of {len(devices)} in --device {options.device})",
+    warnings.warn(f"ben bench measures one device: {devices[0]} (of {len(devices)} in {{opt:device}} {options.device})",
                   BenWarning, stacklevel=2)
     return options.replace(device=str(devices[0]))
 
@@ -122,7 +122,7 @@ def single_device(options: InferenceOptions) -> InferenceOptions:
 def check_json_path(path: Path | None) -> None:
     """UsageError up front when ``--json PATH`` could not be written (``-`` is stdout)."""
     if path is not None and str(path) != "-":
-        check_output_file(path, "--json", "bench.json")
+        check_output_file(path, "{opt:json}", "bench.json")
 
 
 __all__ = ["DEFAULT_IMAGES", "DEFAULT_REPEATS", "DEFAULT_SIZE", "BenchOptions", "check_json_path",

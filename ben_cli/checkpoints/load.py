@@ -326,7 +326,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
     ``assign=True`` makes the checkpoint's tensors the model's parameters and
     buffers (cast to the model's dtypes where they differ) instead of copying
-    them: for a model built with :func:`ben_cli.models.registry.parameters_on_meta`.
+    them: for a model built on the meta device (``build_model(..., empty=True)``).
     """
     report = state_dict_report(model, state_dict)
     if report:
@@ -338,12 +338,6 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
-def _meta_tensors(model: nn.Module) -> list[str]:
-    """Names of the parameters and buffers of ``model`` still on the meta device."""
-    named = [*model.named_parameters(), *model.named_buffers()]
-    return [name for name, t in named if t.is_meta]
-
-
 def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = "", *,
                           device: str | torch.device | None = None) -> nn.Module:
     """Build the network a checkpoint describes and load it strictly; eval mode.
@@ -352,9 +346,9 @@ def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = ""
     config object) is used only when the file stores no config (official and
     bare files); without either, arch "base" uses the default model's config.
 
-    The network is built without initialising its parameters (they start on the
-    meta device) and takes the checkpoint's tensors as they are (no copy; on
-    ``device`` when given); buffers computed at construction are built as usual.
+    The network is built on the meta device (no random init) and takes the checkpoint's
+    tensors as they are (no copy; on ``device`` when given); the buffers no checkpoint holds
+    are then computed (:func:`~ben_cli.models.registry.init_non_persistent_buffers`).
     The model's parameters may therefore share memory with ``ckpt.state_dict``.
     """
     from ben_cli.models.registry import (
@@ -363,7 +357,7 @@ def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = ""
         arch_for_config,
         get_arch,
         get_entry,
-        parameters_on_meta,
+        init_non_persistent_buffers,
     )
 
     where = f"{source}: " if source else ""
@@ -387,10 +381,10 @@ def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = ""
     state_dict = ckpt.state_dict
     if device is not None:
         state_dict = {k: v.to(device) for k, v in state_dict.items()}
-    with parameters_on_meta():
+    with torch.device("meta"):
         model = arch.build(cfg)
     load_state_dict_strict(model, state_dict, source, assign=True)
-    if _meta_tensors(model):  # a builder that made a buffer out of a parameter: build it the slow way
+    if not init_non_persistent_buffers(model):  # a module that cannot rebuild its buffers: build the slow way
         model = arch.build(cfg)
         load_state_dict_strict(model, state_dict, source)
     if device is not None:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ben_cli.errors import BenError, OptionError
+from ben_cli.errors import BenError
 
 app = typer.Typer(
     name="ben",
@@ -61,11 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
-    except OptionError as e:
+    except BenError as e:  # OptionError included: every message with the flags of the command line
         _error(e.flag_message())
-        return e.exit_code
-    except BenError as e:
-        _error(str(e))
         return e.exit_code
     except typer.Exit as e:
         if e.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
@@ -98,7 +95,8 @@ def _show_warnings_as_lines() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, BenWarning):
-            print(f"ben: warning: {message}", file=sys.stderr, flush=True)
+            text = message.flag_message() if isinstance(message, BenWarning) else message
+            print(f"ben: warning: {text}", file=sys.stderr, flush=True)
         else:
             original(message, category, filename, lineno, file, line)
 

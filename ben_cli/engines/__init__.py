@@ -35,7 +35,7 @@ def check_engine(name: str) -> None:
     if name not in ENGINES:
         raise OptionError("engine", f"unknown engine {name!r} (use {', '.join(ENGINES)})")
     if name == "ray" and not (_importable("ray") and _importable("ray.data")):
-        raise EngineError('--engine ray needs Ray Data: pip install "ben_cli[ray]"')
+        raise EngineError('{opt:engine} ray needs Ray Data: pip install "ben_cli[ray]"')
 
 
 def _importable(module: str) -> bool:
@@ -59,16 +59,16 @@ def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: Outp
     check_engine(name)
     if name == "ray":
         if "," in options.device:
-            raise UsageError("--engine ray places one device in each model actor (--gpus-per-worker): "
+            raise UsageError("{opt:engine} ray places one device in each model actor ({opt:gpus_per_worker}): "
                              "give one device, not a list")
         from ben_cli.engines.ray import RayRun
 
         if any(job.video for job in plan.jobs):
-            raise UsageError("videos run with the local engine only (drop --engine ray for them)")
+            raise UsageError("videos run with the local engine only (drop {opt:engine} ray for them)")
         return RayRun(plan.jobs, options, output=output, overwrite=overwrite, workers=workers, settings=settings,
                       existing=plan.existing, ray=ray or RayOptions(), quiet=quiet)
     if ray is not None and ray != RayOptions():
-        raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
+        raise UsageError("--ray-address and --gpus-per-worker need --engine ray")  # tests match this library text
     from ben_cli.engines.local import BatchRun
     from ben_cli.options import default_workers
 

@@ -20,7 +20,6 @@ do not depend on it.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ben_cli.device import device_guard
 from ben_cli.engines.results import FileResult, Results
 from ben_cli.engines.steps import (
     Item,
@@ -106,7 +106,7 @@ class BatchRun(Results):
         self._pipeline([job for job in todo if not job.video], erasers)
         for job in todo:
             if job.video:
-                with on_device(erasers[0].device):
+                with device_guard(erasers[0].device):
                     self._video(job, erasers[0])
 
     def _video(self, job: Job, eraser: Eraser) -> None:
@@ -272,7 +272,7 @@ class _Replicas:
         self.queue.put(batch)
 
     def _serve(self, index: int, device: torch.device) -> None:
-        with on_device(device):
+        with device_guard(device):
             while (batch := self.queue.get()) is not None:
                 if self.error is not None or self.stopping.is_set():
                     _fail(batch, self.error)
@@ -338,7 +338,3 @@ def replica_names(erasers: Sequence[Eraser]) -> list[str]:
     names = [str(e.device) for e in erasers]
     return [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
 
-
-def on_device(device: torch.device) -> contextlib.AbstractContextManager:
-    """Make ``device`` this thread's current CUDA device (a no-op elsewhere)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

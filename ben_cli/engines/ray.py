@@ -213,8 +213,9 @@ def _layout(ray: Any, options: InferenceOptions, gpus_per_worker: float | None, 
     gpus = float(gpus_per_worker) if gpus_per_worker is not None else (1.0 if cluster_gpus > 0 else 0.0)
     if gpus > 0 and cluster_gpus == 0:
         if not joined:
-            raise EngineError(f"--gpus-per-worker {gpus:g}: Ray finds no GPU on this machine (it would wait for one "
-                              "forever); use --gpus-per-worker 0 to run the model on the CPU")
+            raise EngineError(
+                f"{{opt:gpus_per_worker}} {gpus:g}: Ray finds no GPU on this machine (it would wait for one "
+                "forever); use {opt:gpus_per_worker} 0 to run the model on the CPU")
         warnings.warn("the Ray cluster has no GPU now: the model workers wait until GPU nodes join",
                       BenWarning, stacklevel=2)
     if gpus == 0 and options.device == "auto":

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ben_cli.device import release_cached_memory
 from ben_cli.errors import InputError
 from ben_cli.io import LoadedImage, is_file, read_image
 from ben_cli.output import TRIMAP_KINDS
@@ -114,6 +115,4 @@ def lowered_batch_size(current: int, failed_at: int) -> int:
 
 def free_memory(eraser: Eraser) -> None:
     """Return the device's cached blocks after an out-of-memory error."""
-    if eraser.device.type == "cuda":
-        with torch.cuda.device(eraser.device):  # the replica's own GPU, whichever is current
-            torch.cuda.empty_cache()
+    release_cached_memory(eraser.device)

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ben_cli.errors import InputError, PairingError, UsageError
+from ben_cli.errors import InputError, OptionError, PairingError, UsageError
 from ben_cli.eval.metrics import EXTRA_KEYS, METRIC_KEYS, ImageResult, Summary
 
 PROTOCOLS: tuple[str, ...] = ("standard", "ben")
@@ -238,7 +238,7 @@ def evaluate_pairs(
         total = len(pairs)
     n_workers = workers if workers is not None else default_workers()
     if n_workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {n_workers}")
+        raise OptionError("workers", f"{{flag}} must be at least 1, got {n_workers}")
     if total is not None:
         n_workers = max(1, min(n_workers, total))
 
@@ -413,7 +413,7 @@ def plot_curves(path: Path, summary: Summary, title: str | None = None) -> None:
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if "." + fmt not in PLOT_SUFFIXES:
-        raise UsageError(f"--plot wants a .png, .pdf or .svg file, got {path.name}")
+        raise OptionError("plot", f"{{flag}} wants a .png, .pdf or .svg file, got {path.name}")
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax_pr, ax_f = fig.subplots(1, 2)

@@ -147,8 +147,15 @@ class BenBase(nn.Module):
             self.encoder.out_channels, config.dim, config.mclm_pool_ratios, config.mcrm_pool_ratios
         )
         self.head = MaskHead(config.dim, config.head_dim)
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.empty(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.empty(1, 3, 1, 1), persistent=False)
+        self.init_non_persistent_buffers()
+
+    def init_non_persistent_buffers(self) -> None:
+        """Fill the buffers no checkpoint holds (the normalisation constants of the config), in place."""
+        with torch.no_grad():
+            self.mean.copy_(torch.tensor(self.config.mean).view(1, 3, 1, 1))
+            self.std.copy_(torch.tensor(self.config.std).view(1, 3, 1, 1))
 
     @property
     def device(self) -> torch.device:

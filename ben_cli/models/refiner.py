@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD, config_kwargs
+from ben_cli.models.registry import Arch
 
 IN_CHANNELS = 7  # RGB, probability, trimap one-hot (background, unknown, foreground)
 
@@ -188,8 +189,15 @@ class Refiner(nn.Module):
                                   nn.Conv2d(config.head_width, 1, 1))
         nn.init.zeros_(self.head[-1].weight)  # delta = 0 at start: the untrained refiner is the base exactly
         nn.init.zeros_(self.head[-1].bias)
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.empty(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.empty(1, 3, 1, 1), persistent=False)
+        self.init_non_persistent_buffers()
+
+    def init_non_persistent_buffers(self) -> None:
+        """Fill the buffers no checkpoint holds (the normalisation constants of the config), in place."""
+        with torch.no_grad():
+            self.mean.copy_(torch.tensor(self.config.mean).view(1, 3, 1, 1))
+            self.std.copy_(torch.tensor(self.config.std).view(1, 3, 1, 1))
 
     @property
     def device(self) -> torch.device:
@@ -279,19 +287,5 @@ def build_refiner(name_or_config: str | RefinerConfig = DEFAULT_REFINER) -> Refi
     return Refiner(refiner_config(name_or_config))
 
 
-def _net_refiner(*, weights: Any = None, device: Any = None, **options: Any) -> Any:
-    """The ``net`` refine stage (:func:`ben_cli.refine.net.load_net_refiner`), for :func:`get_refiner`."""
-    from ben_cli.refine.net import load_net_refiner
-
-    return load_net_refiner(weights, device=device, **options)
-
-
-def _register() -> None:
-    from ben_cli.models.registry import register_arch
-    from ben_cli.refine import register_refiner
-
-    register_arch("refiner", RefinerConfig, build_refiner, Refiner)
-    register_refiner("net", _net_refiner)
-
-
-_register()
+ARCH = Arch("refiner", RefinerConfig, build_refiner, Refiner)
+"""The ``"refiner"`` architecture, listed by :data:`ben_cli.models.registry.ARCHS`."""

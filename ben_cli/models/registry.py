@@ -1,8 +1,10 @@
 """Model registry: plain dicts of architectures and of named models.
 
-- ``ARCHS`` maps an architecture name (``"base"``, later ``"refiner"``) to its
-  config class and builder; checkpoints store the name, so a file alone
-  rebuilds its network (:func:`ben_cli.checkpoints.load.build_from_checkpoint`).
+- ``ARCHS`` maps an architecture name (``"base"``, ``"refiner"``) to its
+  :class:`Arch` (config class and builder), or to the ``"module:attr"`` path of one,
+  resolved on first use by :func:`ben_cli.lazy.resolve`; checkpoints store the name, so a
+  file alone rebuilds its network (:func:`ben_cli.checkpoints.load.build_from_checkpoint`).
+  Nothing registers itself at import time.
 - ``MODELS`` maps a model name (``ben2-base``, ``ben-base``, ``tiny``) to a
   config plus its official checkpoint file name, source repository and
   preprocessing constants (in the config).
@@ -10,22 +12,21 @@
 Importing this module does not import torch: builders and model classes of
 the built-in architectures are imported on first use.
 
-:func:`parameters_on_meta` builds a network without initialising its
-parameters, for loading a checkpoint into it (random init of the ~95M
-parameters of BEN Base costs seconds).
+``build_model(..., empty=True)`` builds a network on the meta device (no memory, no random
+init: random init of the ~95M parameters of BEN Base costs seconds), for loading a checkpoint
+into it with ``load_state_dict(..., assign=True)``; :func:`init_non_persistent_buffers` then
+computes the buffers that checkpoints do not hold.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ben_cli.config import BenConfig, SwinConfig
 from ben_cli.errors import UsageError
+from ben_cli.lazy import import_if_present, resolve
 
 if TYPE_CHECKING:
     from torch import nn
@@ -54,25 +55,32 @@ class Arch:
 
     def model_class(self) -> type:
         """The model class (imports it when registered as ``"module:Class"``)."""
-        if isinstance(self.model_cls, type):
-            return self.model_cls
-        module, _, qualname = self.model_cls.partition(":")
-        return getattr(importlib.import_module(module), qualname)
+        return self.model_cls if isinstance(self.model_cls, type) else resolve(self.model_cls)
 
     def config_from_dict(self, d: dict[str, Any]) -> Any:
         """The config stored in a checkpoint -> a config object (ValueError on unknown keys)."""
         return self.config_cls.from_dict(d)
 
 
-ARCHS: dict[str, Arch] = {}
+def _build_base(config: BenConfig) -> nn.Module:
+    from ben_cli.models.ben import BenBase
 
-# Architectures defined outside this module register themselves when their
-# module is imported; a checkpoint naming one of them imports it on demand.
-ARCH_MODULES: dict[str, str] = {"refiner": "ben_cli.models.refiner"}
+    return BenBase(config)
+
+
+ARCHS: dict[str, Arch | str] = {
+    "base": Arch("base", BenConfig, _build_base, "ben_cli.models.ben:BenBase"),
+    "refiner": "ben_cli.models.refiner:ARCH",
+}
+"""Architecture name -> :class:`Arch`, or the ``"module:attr"`` path of one (imported on first use)."""
+
+ARCH_MODULES: dict[str, str] = {}
+"""Plug-in architectures: name -> a module outside this package that calls :func:`register_arch` when
+imported; a checkpoint naming one imports it on demand."""
 
 
 def register_arch(name: str, config_cls: type, build: Callable[[Any], nn.Module], model_cls: type | str) -> Arch:
-    """Add (or replace) an architecture; call it at the bottom of the model's module.
+    """Add (or replace) an architecture (for plug-ins and tests; the built-in ones are listed in :data:`ARCHS`).
 
     ``config_cls`` must provide ``to_dict()`` and ``from_dict(d)``; ``build(config)``
     returns a randomly initialised model.
@@ -82,24 +90,24 @@ def register_arch(name: str, config_cls: type, build: Callable[[Any], nn.Module]
     return arch
 
 
+def _resolved(name: str) -> Arch:
+    entry = ARCHS[name]
+    return resolve(entry) if isinstance(entry, str) else entry
+
+
 def get_arch(name: str) -> Arch:
-    """The architecture ``name`` (importing its module when known); UnknownArchError otherwise."""
+    """The architecture ``name`` (importing its module when needed); UnknownArchError otherwise."""
     if name not in ARCHS and name in ARCH_MODULES:
-        try:
-            importlib.import_module(ARCH_MODULES[name])
-        except ModuleNotFoundError as e:
-            if e.name != ARCH_MODULES[name]:
-                raise
-    try:
-        return ARCHS[name]
-    except KeyError:
-        raise UnknownArchError(f"unknown arch {name!r} (this version knows: {', '.join(ARCHS)})") from None
+        import_if_present(ARCH_MODULES[name])
+    if name not in ARCHS:
+        raise UnknownArchError(f"unknown arch {name!r} (this version knows: {', '.join(ARCHS)})")
+    return _resolved(name)
 
 
 def arch_of(model: nn.Module) -> str:
     """The registered architecture name of ``model`` (by its class; a torch.compile wrapper is unwrapped)."""
     model = getattr(model, "_orig_mod", model)
-    archs = list(ARCHS.values())
+    archs = [_resolved(name) for name in list(ARCHS)]
     for exact in (True, False):
         for arch in archs:
             cls = arch.model_class()
@@ -111,19 +119,11 @@ def arch_of(model: nn.Module) -> str:
 
 def arch_for_config(config: Any) -> Arch:
     """The architecture whose config class ``config`` is an instance of."""
-    for arch in ARCHS.values():
+    for name in list(ARCHS):
+        arch = _resolved(name)
         if type(config) is arch.config_cls:
             return arch
     raise UnknownArchError(f"{type(config).__name__} is not the config of a registered architecture")
-
-
-def _build_base(config: BenConfig) -> nn.Module:
-    from ben_cli.models.ben import BenBase
-
-    return BenBase(config)
-
-
-register_arch("base", BenConfig, _build_base, "ben_cli.models.ben:BenBase")
 
 
 @dataclass(frozen=True)
@@ -170,61 +170,43 @@ def get_entry(name: str) -> ModelEntry:
 def build_model(name_or_config: Any = DEFAULT_MODEL, *, empty: bool = False) -> nn.Module:
     """A randomly initialised model from a registry name or a config of any registered architecture.
 
-    ``empty=True``: parameters uninitialised on the meta device (see :func:`parameters_on_meta`),
-    to be filled with ``load_state_dict(..., assign=True)``.
+    ``empty=True``: built on the meta device (parameters and buffers hold no memory and are not
+    initialised), to be filled with ``load_state_dict(..., assign=True)`` and then
+    :func:`init_non_persistent_buffers`.
     """
+    import torch
+
     cfg = get_entry(name_or_config).config if isinstance(name_or_config, str) else name_or_config
     arch = arch_for_config(cfg)
     if not empty:
         return arch.build(cfg)
-    with parameters_on_meta():
+    with torch.device("meta"):
         return arch.build(cfg)
 
 
-# --------------------------------------------------------------------------- building without initialising
+def init_non_persistent_buffers(model: nn.Module, device: Any = None) -> bool:
+    """Compute the buffers of an empty-built ``model`` that a checkpoint does not hold, in place.
 
-_META = threading.local()  # .depth > 0 in a thread inside parameters_on_meta()
-_PATCH_LOCK = threading.Lock()
-_patch: dict[str, Any] = {"users": 0, "original": None}
-
-
-def _register_parameter(self: nn.Module, name: str, param: Any) -> None:
-    """``nn.Module.register_parameter`` that, inside :func:`parameters_on_meta` in this thread, registers
-    an empty meta-device twin of a plain ``nn.Parameter`` instead of the parameter."""
+    Every buffer still on the meta device after loading is made real on ``device`` (default: where
+    the model's parameters are) and filled by its module's ``init_non_persistent_buffers()`` (the
+    method torch-style modules offer for this: timm's Swin attention, BenBase, the refiner).
+    Returns False, leaving the model unusable, when a module with a meta buffer has no such method
+    or a parameter is still on meta: build that model the usual way instead.
+    """
     import torch
 
-    if (param is not None and getattr(_META, "depth", 0) > 0 and type(param) is torch.nn.Parameter
-            and not param.is_meta):
-        param = torch.nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
-    _patch["original"](self, name, param)
-
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Build networks in this block without initialising their parameters.
-
-    Every plain ``nn.Parameter`` registered in this thread while the block runs is
-    replaced by an empty one on the meta device, so the initialisers that follow
-    in the constructors cost almost nothing. Buffers are untouched: the ones computed at
-    construction (Swin's relative position index and shift masks, normalisation
-    constants) are real and correct. Fill the parameters with
-    ``model.load_state_dict(state_dict, strict=True, assign=True)``. Other threads
-    build as usual meanwhile.
-    """
-    from torch import nn
-
-    with _PATCH_LOCK:
-        if _patch["users"] == 0:
-            # Kept after the block too: another thread may still be inside a call of the patched method.
-            _patch["original"] = nn.Module.register_parameter
-            nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
-        _patch["users"] += 1
-    _META.depth = getattr(_META, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _META.depth -= 1
-        with _PATCH_LOCK:
-            _patch["users"] -= 1
-            if _patch["users"] == 0:
-                nn.Module.register_parameter = _patch["original"]  # type: ignore[method-assign]
+    if any(p.is_meta for p in model.parameters()):
+        return False
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for module in model.modules():
+        meta = [name for name, b in module.named_buffers(recurse=False) if b is not None and b.is_meta]
+        if not meta:
+            continue
+        init = getattr(module, "init_non_persistent_buffers", None)
+        if not callable(init):
+            return False
+        for name in meta:  # strict loading filled every persistent buffer: these are the non-persistent ones
+            module.register_buffer(name, torch.empty_like(module.get_buffer(name), device=device), persistent=False)
+        init()
+    return not any(b.is_meta for b in model.buffers())

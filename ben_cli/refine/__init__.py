@@ -12,7 +12,7 @@ alone, as the official code computes it.
 ``matting-gf``    colour-guided filter of the probability (:mod:`.guided`)
 ``matting-cg``    closed-form matting by conjugate gradients on the device (:mod:`.matting`)
 ``matting-cf``    closed-form matting with pymatting on the CPU (:mod:`.closed_form`; slow)
-``net``           the refiner network, registered by its own module (:data:`LAZY_REFINERS`)
+``net``           the refiner network (:mod:`.net`)
 ================  ===========================================================
 
 :func:`refine` is the one-call version for scripts (numpy in and out);
@@ -22,11 +22,11 @@ alone, as the official code computes it.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ben_cli.errors import OptionError
+from ben_cli.lazy import import_if_present, resolve
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,19 +120,8 @@ def clamp_known(alpha: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
 RefinerFactory = Callable[..., RefineStage]
 """``factory(*, weights=None, device=None, **options) -> RefineStage``."""
 
-REFINERS: dict[str, RefinerFactory] = {}
-"""Name -> factory. A method's module adds itself with :func:`register_refiner`."""
-
-LAZY_REFINERS: dict[str, str] = {"net": "ben_cli.models.refiner"}
-"""Names whose module is imported on first request (it calls :func:`register_refiner` when imported)."""
-
 DEFAULT_MATTING = "matting-gf"
 """The method behind ``--refiner matting`` (chosen with ``scripts/bench_refiner.py``)."""
-
-
-def register_refiner(name: str, factory: RefinerFactory) -> None:
-    """Make ``get_refiner(name, ...)`` call ``factory(weights=..., device=..., **options)``."""
-    REFINERS[name] = factory
 
 
 def _no_weights(name: str, weights: Any) -> None:
@@ -146,8 +135,7 @@ def _training_free(path: str, name: str) -> RefinerFactory:
     def factory(*, weights: Any = None, device: Any = None, **options: Any) -> RefineStage:
         del device  # pure tensor math: runs on the inputs' device
         _no_weights(name, weights)
-        module, cls_name = path.split(":")
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = resolve(path)
         try:
             stage = cls(**options)
         except (TypeError, ValueError) as e:
@@ -172,15 +160,31 @@ BUILTIN_REFINERS: dict[str, str] = {
 }
 """The training-free methods, as ``module:Class`` (imported when asked for, so this package needs no torch)."""
 
+REFINERS: dict[str, RefinerFactory | str] = {
+    "none": _none,
+    "matting": _training_free(BUILTIN_REFINERS[DEFAULT_MATTING], "matting"),
+    **{name: _training_free(path, name) for name, path in BUILTIN_REFINERS.items()},
+    "net": "ben_cli.refine.net:load_net_refiner",
+}
+"""Name -> factory, or the ``"module:attr"`` path of one (imported on first request)."""
+
+LAZY_REFINERS: dict[str, str] = {}
+"""Plug-in refiners: name -> a module outside this package that calls :func:`register_refiner` when imported."""
+
+
+def register_refiner(name: str, factory: RefinerFactory) -> None:
+    """Make ``get_refiner(name, ...)`` call ``factory(weights=..., device=..., **options)`` (for plug-ins)."""
+    REFINERS[name] = factory
+
 
 def available_refiners() -> list[str]:
-    """Every name :func:`get_refiner` accepts (lazy ones included)."""
+    """Every name :func:`get_refiner` accepts (plug-ins included)."""
     return sorted({*REFINERS, *LAZY_REFINERS})
 
 
 def get_refiner(name: str, *, weights: Any = None, device: Any = None, **options: Any) -> RefineStage:
     """The refine stage called ``name``: ``none``, ``matting`` (the default method), ``matting-gf``,
-    ``matting-cg``, ``matting-cf``, or ``net`` once its module registers it.
+    ``matting-cg``, ``matting-cf`` or ``net`` (or a plug-in).
 
     ``weights`` (a path) only for refiners that have weights; ``device`` where
     they live (the training-free ones run wherever their inputs are); ``options``
@@ -189,21 +193,12 @@ def get_refiner(name: str, *, weights: Any = None, device: Any = None, **options
     """
     key = str(name).strip().lower()
     if key not in REFINERS and key in LAZY_REFINERS:
-        try:
-            importlib.import_module(LAZY_REFINERS[key])
-        except ModuleNotFoundError as e:
-            if e.name != LAZY_REFINERS[key]:
-                raise
+        import_if_present(LAZY_REFINERS[key])
     if key not in REFINERS:
         raise OptionError("refiner", f"unknown or unavailable refiner {name!r} (use {', '.join(sorted(REFINERS))})")
-    return REFINERS[key](weights=weights, device=device, **options)
-
-
-register_refiner("none", _none)
-for _name, _path in BUILTIN_REFINERS.items():
-    register_refiner(_name, _training_free(_path, _name))
-register_refiner("matting", _training_free(BUILTIN_REFINERS[DEFAULT_MATTING], "matting"))
-del _name, _path
+    entry = REFINERS[key]
+    factory = resolve(entry) if isinstance(entry, str) else entry
+    return factory(weights=weights, device=device, **options)
 
 
 # --------------------------------------------------------------------------- the one-call version
