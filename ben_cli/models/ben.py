@@ -23,6 +23,7 @@ from ben_cli.models.decoder import (
     resize_as,
 )
 from ben_cli.models.encoder import SwinEncoder
+from ben_cli.models.normalise import fill_mean_std, register_mean_std
 
 
 class BenTrainOutputs(NamedTuple):
@@ -147,15 +148,11 @@ class BenBase(nn.Module):
             self.encoder.out_channels, config.dim, config.mclm_pool_ratios, config.mcrm_pool_ratios
         )
         self.head = MaskHead(config.dim, config.head_dim)
-        self.register_buffer("mean", torch.empty(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.empty(1, 3, 1, 1), persistent=False)
-        self.init_non_persistent_buffers()
+        register_mean_std(self, config.mean, config.std)
 
     def init_non_persistent_buffers(self) -> None:
-        """Fill the buffers no checkpoint holds (the normalisation constants of the config), in place."""
-        with torch.no_grad():
-            self.mean.copy_(torch.tensor(self.config.mean).view(1, 3, 1, 1))
-            self.std.copy_(torch.tensor(self.config.std).view(1, 3, 1, 1))
+        """Fill the buffers no checkpoint holds (the config's normalisation constants), in place."""
+        fill_mean_std(self, self.config.mean, self.config.std)
 
     @property
     def device(self) -> torch.device:

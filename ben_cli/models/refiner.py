@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD, config_kwargs
+from ben_cli.models.normalise import fill_mean_std, register_mean_std
 from ben_cli.models.registry import Arch
 
 IN_CHANNELS = 7  # RGB, probability, trimap one-hot (background, unknown, foreground)
@@ -189,15 +190,11 @@ class Refiner(nn.Module):
                                   nn.Conv2d(config.head_width, 1, 1))
         nn.init.zeros_(self.head[-1].weight)  # delta = 0 at start: the untrained refiner is the base exactly
         nn.init.zeros_(self.head[-1].bias)
-        self.register_buffer("mean", torch.empty(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.empty(1, 3, 1, 1), persistent=False)
-        self.init_non_persistent_buffers()
+        register_mean_std(self, config.mean, config.std)
 
     def init_non_persistent_buffers(self) -> None:
-        """Fill the buffers no checkpoint holds (the normalisation constants of the config), in place."""
-        with torch.no_grad():
-            self.mean.copy_(torch.tensor(self.config.mean).view(1, 3, 1, 1))
-            self.std.copy_(torch.tensor(self.config.std).view(1, 3, 1, 1))
+        """Fill the buffers no checkpoint holds (the config's normalisation constants), in place."""
+        fill_mean_std(self, self.config.mean, self.config.std)
 
     @property
     def device(self) -> torch.device:
