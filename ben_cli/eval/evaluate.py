@@ -16,14 +16,12 @@
 - :func:`predict_to_dir` runs an Eraser over image / ground-truth pairs and
   writes its masks as 8-bit PNGs, yielding prediction pairs as it goes, so that
   evaluation overlaps inference.
-- :func:`write_csv` and :func:`plot_curves` write the per-image table and the
+- :func:`write_csv` and :func:`plot_curves` (:mod:`.report`) write the per-image table and the
   precision-recall / F-threshold figure.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import multiprocessing
 import os
@@ -37,10 +35,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from ben_cli.errors import InputError, OptionError, PairingError, UsageError
-from ben_cli.eval.metrics import EXTRA_KEYS, METRIC_KEYS, ImageResult, Summary
+from ben_cli.eval.metrics import ImageResult, Summary
+from ben_cli.eval.report import CSV_KEYS, plot_curves, summary_dict, write_csv
 
 PROTOCOLS: tuple[str, ...] = ("standard", "ben")
-CSV_KEYS: tuple[str, ...] = METRIC_KEYS + EXTRA_KEYS
 _LISTED = 8  # file names shown in a pairing error before "... and N more"
 
 
@@ -367,88 +365,6 @@ def predict_to_dir(
             yield Pair(stem, path, gt)
 
 
-# --------------------------------------------------------------------------- reports
-
-
-def summary_dict(summary: Summary) -> dict[str, Any]:
-    """The JSON object of a summary: protocol, count and every metric (NaN as None)."""
-    out: dict[str, Any] = {"protocol": summary.protocol, "count": summary.count}
-    for key in CSV_KEYS:
-        value = summary.metrics[key]
-        out[key] = value if math.isfinite(value) else None
-    return out
-
-
-def write_csv(path: Path, evaluation: Evaluation) -> None:
-    """Write one row per pair: stem, the two files and every per-image value.
-
-    Per-image ``max_f`` / ``mean_f`` come from the image's own F curve; under the
-    standard protocol the summary's ``max_f`` is the maximum of the curve averaged
-    over images, which is not the mean of this column.
-    """
-    from ben_cli.io import atomic_write_bytes
-
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["stem", "prediction", "ground_truth", *CSV_KEYS])
-    for pair, result in zip(evaluation.pairs, evaluation.images, strict=True):
-        values = [f"{result.scores[k]:.8g}" for k in CSV_KEYS]
-        writer.writerow([pair.stem, str(pair.pred), str(pair.gt), *values])
-    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
-
-
-PLOT_SUFFIXES: frozenset[str] = frozenset({".png", ".pdf", ".svg"})
-
-
-def plot_curves(path: Path, summary: Summary, title: str | None = None) -> None:
-    """Draw the precision-recall curve and the F-measure over thresholds (PNG, PDF or SVG).
-
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ben_cli.io import atomic_write_bytes
-
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if "." + fmt not in PLOT_SUFFIXES:
-        raise OptionError("plot", f"{{flag}} wants a .png, .pdf or .svg file, got {path.name}")
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_pr, ax_f = fig.subplots(1, 2)
-
-    ax_pr.plot(summary.recall, summary.precision, color="tab:blue")
-    best = int(np.argmax(summary.fmeasure))
-    ax_pr.plot(
-        [summary.recall[best]],
-        [summary.precision[best]],
-        "o",
-        color="tab:red",
-        label=f"max F at threshold {best}/255",
-    )
-    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.01), title="precision-recall")
-    ax_pr.grid(alpha=0.3)
-    ax_pr.legend(loc="lower left")
-
-    thresholds = np.arange(len(summary.fmeasure))
-    ax_f.plot(thresholds, summary.fmeasure, color="tab:green", label="mean F over images")
-    ax_f.axvline(best, color="tab:red", linestyle=":", linewidth=1)
-    ax_f.set(
-        xlabel="threshold (pred >= t/255)",
-        ylabel="F-measure (beta^2 = 0.3)",
-        xlim=(0, 255),
-        ylim=(0, 1.01),
-        title="F-measure over thresholds",
-    )
-    ax_f.grid(alpha=0.3)
-    ax_f.legend(loc="lower center")
-
-    m = summary.metrics
-    fig.suptitle(
-        title
-        or (f"{summary.count} images, protocol {summary.protocol}: max F {m['max_f']:.4f}, mean F {m['mean_f']:.4f}")
-    )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
+__all__ = ["CSV_KEYS", "PROTOCOLS", "AlphaPredictor", "Evaluation", "Pair", "aggregate", "default_workers",
+           "evaluate_pair", "evaluate_pairs", "load_pair", "match_stems", "pair_predictions", "plot_curves",
+           "predict_to_dir", "score_arrays", "summary_dict", "write_csv"]
