@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
-from ben_cli.errors import DeviceUnavailableError, UsageError
+from ben_cli.errors import DeviceUnavailableError, OptionError, UsageError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -177,11 +177,52 @@ def resolve_train_dtype(precision: str, device: torch.device) -> torch.dtype:
         raise UsageError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
     if device.type != "cuda":
         if precision in ("fp16", "bf16"):
-            raise UsageError(f"--precision {precision} trains only on CUDA; use fp32 (or auto) on {device.type}")
+            raise OptionError("precision", f"{{flag}} {precision} trains only on CUDA; use fp32 (or auto) on "
+                              f"{device.type}")
         return torch.float32
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return resolve_dtype(precision, device)
+
+
+def resolve_train_device(spec: str, local_rank: int) -> torch.device:
+    """The device of one ``torchrun`` process: ``cuda:LOCAL_RANK`` (made the current CUDA device)
+    when ``spec`` is ``auto`` or ``cuda`` and CUDA exists, else the CPU.
+
+    A ``cuda:N`` spec is an OptionError (each process takes its own GPU), as is any device
+    other than CUDA and the CPU (distributed training runs on those two).
+    """
+    spec = spec.strip().lower()
+    if spec.startswith("cuda:"):
+        raise OptionError("device", "under torchrun use {flag} cuda (or auto): each process takes cuda:LOCAL_RANK")
+    if spec in ("auto", "cuda") and torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+    device = resolve_device(spec if spec != "auto" else "cpu")
+    if device.type != "cpu":
+        raise OptionError("device", f"distributed training runs on CUDA or the CPU, not {device.type}")
+    return device
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """This process's torch RNG states as tensors (``weights_only`` loadable): ``{"cpu": ..., "cuda": ...}``,
+    ``cuda`` None unless ``device`` is a CUDA device."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: Mapping[str, torch.Tensor | None], device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned (the CUDA state only on a CUDA ``device``)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give the CUDA caching allocator's free blocks back to the driver (nothing on other devices)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def train_autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -24,21 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ben_cli.errors import CheckpointError, UsageError
+from ben_cli.errors import CheckpointError, OptionError, UsageError
 from ben_cli.train.config import TrainConfig
 from ben_cli.train.data import BadPair, PairDataset, PairScan, SamplePair, scan_pairs
-from ben_cli.train.loop import (
+from ben_cli.train.loop import StepHook, TrainResult, train
+from ben_cli.train.loss import BenLoss
+from ben_cli.train.runtime import (
     Runtime,
-    StepHook,
-    TrainResult,
     broadcast_object,
+    gather_objects,
     main_rank_say,
     require_run_folders,
     setup_runtime,
     teardown_runtime,
-    train,
 )
-from ben_cli.train.loss import BenLoss
 
 _DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of a classification Swin
 _LISTED = 20  # bad pairs shown before "... and N more"
@@ -197,7 +196,6 @@ class BaseValidator:
     def __call__(self, model: nn.Module, rt: Runtime) -> dict[str, Any] | None:
         from ben_cli.eval.evaluate import aggregate
         from ben_cli.io import read_gray, read_image
-        from ben_cli.train.loop import gather_objects
 
         model.eval()
         shard = self.pairs[rt.rank :: rt.world]
@@ -256,7 +254,8 @@ def scan_dataset(root: str, cfg: TrainConfig, label: str, tell: Callable[[str], 
     if scan.bad:
         message = bad_pairs_message(scan)
         if cfg.strict:
-            raise UsageError(f"{message}\n(--strict: fix or remove them, or run without --strict to skip them)")
+            raise OptionError("strict", f"{message}\n({{flag}}: fix or remove them, or run without {{flag}} to skip "
+                                        "them)")
         tell(f"{message}\nskipping them; {len(scan.pairs)} {label} pair(s) left")
     if not scan.pairs:
         raise UsageError(f"{root}: no usable {label} pairs (images in im/, masks with the same stems in gt/)")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ben_cli.errors import UsageError
+from ben_cli.errors import OptionError, UsageError
 
 # The file MVANet loads (swin_base_patch4_window12_384_22kto1k.pth): ImageNet-22k, fine-tuned on 1k.
 SWIN_B_PRETRAINED = "swin_base_patch4_window12_384.ms_in22k_ft_in1k"
@@ -92,39 +92,20 @@ class TrainConfig:
         return cfg
 
     def check(self) -> None:
-        """Range checks (no torch, no file access)."""
+        """Range checks (no torch, no file access): the model, :func:`check_shared`, the
+        initialisation and the metric; OptionError names the bad key."""
+        from ben_cli.eval.metrics import HIGHER_IS_BETTER
         from ben_cli.models.registry import MODELS
 
-        def bad(key: str, why: str) -> UsageError:
-            return UsageError(f"{key} (--{key.replace('_', '-')}): {why}")
-
         if self.model not in MODELS:
-            raise bad("model", f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
-        if self.resolution < 256 or self.resolution % 128:
-            raise bad("resolution", f"must be a multiple of 128 and at least 256, got {self.resolution}")
-        for key in ("batch_size", "grad_accum", "max_steps", "val_every", "save_every"):
-            if getattr(self, key) < 1:
-                raise bad(key, f"must be at least 1, got {getattr(self, key)}")
-        if self.workers < 0:
-            raise bad("workers", f"must be at least 0, got {self.workers}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise bad("lr", f"must be a positive number, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise bad("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise bad("warmup_steps", f"must be at least 0, got {self.warmup_steps}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise bad("weight_decay" if self.weight_decay < 0 else "grad_clip", "must not be negative")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise bad("betas", f"must be two numbers in [0, 1), got {self.betas}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"unknown precision {self.precision!r} (use {', '.join(PRECISIONS)})")
+            raise OptionError("model", f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+        check_shared(self)
         if self.init and self.backbone_weights:
-            raise UsageError("--init and --backbone-weights exclude each other (--init sets the whole network)")
-        from ben_cli.eval.metrics import HIGHER_IS_BETTER
-
+            raise OptionError("init", "{flag} and the backbone weights exclude each other (init sets the whole "
+                                      "network)")
         if self.best_metric not in HIGHER_IS_BETTER:
-            raise bad("best_metric", f"unknown metric {self.best_metric!r}; known: {', '.join(HIGHER_IS_BETTER)}")
+            raise OptionError("best_metric",
+                              f"unknown metric {self.best_metric!r}; known: {', '.join(HIGHER_IS_BETTER)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples as lists), for TOML and checkpoint metadata."""
@@ -146,6 +127,30 @@ class TrainConfig:
             else:
                 merged[key] = value
         return TrainConfig.from_dict(merged, source)
+
+
+def check_shared(cfg: TrainConfig) -> None:
+    """The range checks every trainer's configuration shares (resolution, counts, schedule,
+    optimiser, precision); OptionError names the bad key. No torch, no file access."""
+    if cfg.resolution < 256 or cfg.resolution % 128:
+        raise OptionError("resolution", f"must be a multiple of 128 and at least 256, got {cfg.resolution}")
+    for key in ("batch_size", "grad_accum", "max_steps", "val_every", "save_every"):
+        if getattr(cfg, key) < 1:
+            raise OptionError(key, f"must be at least 1, got {getattr(cfg, key)}")
+    if cfg.workers < 0:
+        raise OptionError("workers", f"must be at least 0, got {cfg.workers}")
+    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise OptionError("lr", f"must be a positive number, got {cfg.lr}")
+    if not 0 <= cfg.min_lr_ratio <= 1:
+        raise OptionError("min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
+    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
+        raise OptionError("warmup_steps", f"must be at least 0, got {cfg.warmup_steps}")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0:
+        raise OptionError("weight_decay" if cfg.weight_decay < 0 else "grad_clip", "must not be negative")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        raise OptionError("betas", f"must be two numbers in [0, 1), got {cfg.betas}")
+    if cfg.precision not in PRECISIONS:
+        raise OptionError("precision", f"unknown precision {cfg.precision!r} (use {', '.join(PRECISIONS)})")
 
 
 LR_BY_MODEL: dict[str, float] = {"tiny": 1e-3}
@@ -193,7 +198,7 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
-            raise UsageError("reading --config needs Python 3.11+ or the 'tomli' package") from None
+            raise OptionError("config", "reading {flag} needs Python 3.11+ or the 'tomli' package") from None
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -222,7 +227,7 @@ def resolve_config(options: dict[str, Any], *, config_file: str | os.PathLike[st
     if resume is not None:
         saved = Path(resume) / "config.toml"
         if not saved.is_file():
-            raise UsageError(f"--resume {resume}: not a run folder (no config.toml)")
+            raise OptionError("resume", f"{{flag}} {resume}: not a run folder (no config.toml)")
         cfg = load_config(saved, cfg)
     if config_file is not None:
         cfg = load_config(config_file, cfg)
