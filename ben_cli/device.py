@@ -219,12 +219,6 @@ def set_rng_state(state: Mapping[str, torch.Tensor | None], device: torch.device
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def empty_cache(device: torch.device) -> None:
-    """Give the CUDA caching allocator's free blocks back to the driver (nothing on other devices)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def train_autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Autocast for a training forward pass (gradients allowed); a no-op for fp32."""
     if dtype == torch.float32:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ben_cli.device import empty_cache
+from ben_cli.device import release_cached_memory
 from ben_cli.errors import CheckpointError, OptionError, UsageError
 from ben_cli.train.data import BadPair, SamplePair
 from ben_cli.train.runtime import Runtime, barrier
@@ -137,7 +137,7 @@ def fill_cache(paths: Sequence[Path], load: Callable[[int], Any],
                     _write_npy(paths[i], logits)
                 done += len(chunk)
         del predict  # frees the base
-        empty_cache(rt.device)
+        release_cached_memory(rt.device)
         if tell is not None:
             tell(f"cached {done} base prediction(s) in {time.perf_counter() - t0:.1f} s")
     barrier(rt)

@@ -24,7 +24,7 @@ class TrainingStopped(BenError):
         self.step, self.run_dir, self.signum = step, run_dir, signum
         self.exit_code = 128 + signum if signum else 130
         super().__init__(f"stopped by {name} after step {step}; saved {run_dir / LAST}; "
-                         f"continue with --resume {run_dir}")
+                         f"continue with {{opt:resume}} {run_dir}")
 
 
 class StopSignals:
