@@ -1,5 +1,7 @@
 """Alpha mattes to pictures: resizing, 8-bit alpha, cutouts, backgrounds. Pure, batched.
 
+The foreground colour of soft edges is :mod:`ben_cli.foreground` (re-exported here).
+
 What the official BEN2 code does (``BEN2.py``, ``BEN_Base.inference`` with
 ``refine_foreground=False``, the path for plain cutouts):
 
@@ -31,15 +33,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-
-def _check_map(name: str, x: torch.Tensor, channels: int) -> None:
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"{name} must be (B, {channels}, H, W), got {tuple(x.shape)}")
-
-
-def _check_uint8(name: str, x: torch.Tensor) -> None:
-    if x.dtype != torch.uint8:
-        raise TypeError(f"{name} must be uint8, got {x.dtype}")
+from ben_cli.foreground import box_blur, decontaminate, estimate_foreground
+from ben_cli.tensors import check_map, check_uint8
 
 
 def resize_alpha(prob: torch.Tensor, size: tuple[int, int], *, antialias: bool = False) -> torch.Tensor:
@@ -57,7 +52,7 @@ def resize_alpha(prob: torch.Tensor, size: tuple[int, int], *, antialias: bool =
     Returns:
         (B, 1, H, W), same dtype and device (float16/bfloat16 are resized in float32).
     """
-    _check_map("prob", prob, 1)
+    check_map("prob", prob, 1)
     if not prob.is_floating_point():
         raise TypeError(f"prob must be a floating-point tensor, got {prob.dtype}")
     height, width = (int(s) for s in size)
@@ -80,7 +75,7 @@ def stretch_alpha(prob: torch.Tensor) -> torch.Tensor:
         (B, 1, H, W) in [0, 1], same dtype; a constant map is returned unchanged
         (the official code would divide by zero).
     """
-    _check_map("prob", prob, 1)
+    check_map("prob", prob, 1)
     lo = prob.amin(dim=(1, 2, 3), keepdim=True)
     hi = prob.amax(dim=(1, 2, 3), keepdim=True)
     span = hi - lo
@@ -128,10 +123,10 @@ def cutout(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 4, H, W) uint8, channels R, G, B, A.
     """
-    _check_map("rgb", rgb, 3)
-    _check_map("alpha", alpha, 1)
-    _check_uint8("rgb", rgb)
-    _check_uint8("alpha", alpha)
+    check_map("rgb", rgb, 3)
+    check_map("alpha", alpha, 1)
+    check_uint8("rgb", rgb)
+    check_uint8("alpha", alpha)
     if alpha.shape[0] != rgb.shape[0] or alpha.shape[2:] != rgb.shape[2:]:
         raise ValueError(f"alpha {tuple(alpha.shape)} does not match rgb {tuple(rgb.shape)}")
     return torch.cat([rgb.masked_fill(alpha == 0, 0), alpha], dim=1)
@@ -155,12 +150,12 @@ def composite(
     Returns:
         (B, 3, H, W) uint8.
     """
-    _check_map("rgb", rgb, 3)
-    _check_map("alpha", alpha, 1)
-    _check_uint8("rgb", rgb)
-    _check_uint8("alpha", alpha)
+    check_map("rgb", rgb, 3)
+    check_map("alpha", alpha, 1)
+    check_uint8("rgb", rgb)
+    check_uint8("alpha", alpha)
     if isinstance(background, torch.Tensor):
-        _check_uint8("background", background)
+        check_uint8("background", background)
         bg = background.to(device=rgb.device, dtype=torch.int32)
         if bg.dim() == 1:
             bg = bg.view(1, -1, 1, 1)
@@ -186,220 +181,12 @@ def multiply_alpha(alpha: torch.Tensor, source_alpha: torch.Tensor) -> torch.Ten
     Returns:
         (B, 1, H, W) uint8.
     """
-    _check_map("alpha", alpha, 1)
-    _check_map("source_alpha", source_alpha, 1)
-    _check_uint8("alpha", alpha)
-    _check_uint8("source_alpha", source_alpha)
+    check_map("alpha", alpha, 1)
+    check_map("source_alpha", source_alpha, 1)
+    check_uint8("alpha", alpha)
+    check_uint8("source_alpha", source_alpha)
     product = alpha.to(torch.int32) * source_alpha.to(torch.int32)
     return ((product + 127) // 255).to(torch.uint8)
-
-
-# --------------------------------------------------------------------------- foreground colour, backgrounds
-
-
-def box_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over each (2r+1)x(2r+1) window, clipped to the image; cost independent of ``radius``.
-
-    Running sums (cumsum) along each axis, in float32 for float16/bfloat16/float32 input
-    (relative error about 1e-6 for values in [0, 1]: for colours, not for exact work).
-
-    Args:
-        x: (B, C, H, W) float.
-        radius: r >= 0.
-
-    Returns:
-        (B, C, H, W), same dtype and device.
-    """
-    if radius <= 0:
-        return x
-    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    for dim in (2, 3):
-        n = y.shape[dim]
-        r = min(radius, n)
-        shape = [1, 1, 1, 1]
-        shape[dim] = n
-        pad = [0, 0, 0, 0]  # F.pad order: (W left, W right, H top, H bottom)
-        side = 0 if dim == 3 else 2
-        pad[side], pad[side + 1] = r + 1, r
-        c = F.pad(y, pad).cumsum(dim)
-        sums = c.narrow(dim, 2 * r + 1, n) - c.narrow(dim, 0, n)
-        i = torch.arange(n, device=x.device)
-        counts = (torch.clamp(i + r, max=n - 1) - torch.clamp(i - r, min=0) + 1).to(sums.dtype)
-        y = sums / counts.view(shape)
-    return y.to(x.dtype)
-
-
-def _cell(radius: int, height: int, width: int) -> int:
-    """Side of the coarse grid a blur of ``radius`` runs on: ``radius // 8`` from radius 16, else 1."""
-    cell = radius // 8
-    return cell if cell >= 2 and min(height, width) >= 2 * cell else 1
-
-
-def _coarse_means(stats: torch.Tensor, radius: int, cell: int) -> torch.Tensor:
-    """Alpha-weighted mean colours on the grid of ``cell``-pooled ``stats``.
-
-    ``stats``: (B, 7, h, w) cells of (a, F a, B (1 - a)); returns (B, 6, h, w), the mean F then the mean B.
-    """
-    blurred = box_blur(stats, max(1, round(radius / cell)))
-    mean_a = blurred[:, :1]
-    return torch.cat([blurred[:, 1:4] / (mean_a + 1e-5), blurred[:, 4:] / ((1 - mean_a) + 1e-5)], 1)
-
-
-def _upsample(means: torch.Tensor, cell: int, height: int, width: int) -> torch.Tensor:
-    """Bilinear upsampling by exactly ``cell`` (cell centres at ``(i + 0.5) * cell - 0.5``), cropped."""
-    if cell == 1:
-        return means
-    return F.interpolate(means, scale_factor=float(cell), mode="bilinear", align_corners=False,
-                         recompute_scale_factor=False)[..., :height, :width]
-
-
-def _residual(image: torch.Tensor, alpha: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean colours plus the part of the pixel that ``I = a F + (1 - a) B`` leaves unexplained."""
-    mean_f, mean_b = means[:, :3], means[:, 3:]
-    residual = image - alpha * mean_f - (1 - alpha) * mean_b
-    return (mean_f + alpha * residual).clamp_(0, 1), mean_b
-
-
-def _fuse(image: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, alpha: torch.Tensor, radius: int
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One blur-fusion pass: local mean colours of F and B weighted by alpha, then the compositing residual.
-
-    Radii of 16 and more are blurred on a grid ``radius // 8`` times coarser (cells averaged, the
-    mean colours upsampled bilinearly): they are smooth at that scale, and it is 50-100x cheaper.
-    """
-    height, width = image.shape[2:]
-    cell = _cell(radius, height, width)
-    stats = torch.cat([alpha, fg * alpha, bg * (1 - alpha)], 1)
-    if cell > 1:
-        stats = F.avg_pool2d(stats, cell, ceil_mode=True)
-    return _residual(image, alpha, _upsample(_coarse_means(stats, radius, cell), cell, height, width))
-
-
-def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, *, radii: tuple[int, ...] = (90, 6)
-                        ) -> torch.Tensor:
-    """Foreground colours of a matte by blur-fusion (Forte and Pitie 2021, "Approximate Fast
-    Foreground Colour Estimation"): pure, batched, any device.
-
-    Each pass estimates local mean foreground and background colours with box
-    blurs weighted by alpha and 1 - alpha, then adds back the part of the pixel
-    that the compositing equation ``I = a F + (1 - a) B`` leaves unexplained,
-    scaled by alpha. The first pass (large radius) starts from the image itself,
-    later passes from the previous estimates.
-
-    Args:
-        image: (B, 3, H, W) float in [0, 1].
-        alpha: (B, 1, H, W) float in [0, 1].
-        radii: box radii of the passes, in pixels (default 90 then 6, as in the paper).
-
-    Returns:
-        (B, 3, H, W) float32 in [0, 1], the foreground colour of every pixel
-        (meaningful where alpha > 0).
-    """
-    _check_map("image", image, 3)
-    _check_map("alpha", alpha, 1)
-    if alpha.shape[0] != image.shape[0] or alpha.shape[2:] != image.shape[2:]:
-        raise ValueError(f"alpha {tuple(alpha.shape)} does not match image {tuple(image.shape)}")
-    if not image.is_floating_point() or not alpha.is_floating_point():
-        raise TypeError(f"image and alpha must be float, got {image.dtype} and {alpha.dtype}")
-    img = image.float()
-    a = alpha.float().clamp(0, 1)
-    fg, bg = img, img
-    for radius in radii:
-        fg, bg = _fuse(img, fg, bg, a, int(radius))
-    return fg
-
-
-def decontaminate(rgb: torch.Tensor, alpha: torch.Tensor, *, radii: tuple[int, ...] = (90, 6),
-                  tile: int = 128) -> torch.Tensor:
-    """Cutout colours without the old background's halo: semi-transparent pixels get their estimated
-    foreground colour (:func:`estimate_foreground`), every other pixel keeps its colour.
-
-    Works in bounded memory and in time proportional to the soft edges: the first
-    (large) pass's statistics are pooled band by band on its coarse grid, the
-    later passes run only on the tiles that hold semi-transparent pixels, with
-    a margin of context, so the colours are those of :func:`estimate_foreground`
-    on the whole image (to float rounding).
-
-    Args:
-        rgb: (B, 3, H, W) uint8.
-        alpha: (B, 1, H, W) uint8.
-        radii: as :func:`estimate_foreground` (the later ones below 16 for the same colours).
-        tile: side of the tiles of the later passes.
-
-    Returns:
-        (B, 3, H, W) uint8; equal to ``rgb`` where alpha is 0 or 255.
-    """
-    _check_map("rgb", rgb, 3)
-    _check_map("alpha", alpha, 1)
-    _check_uint8("rgb", rgb)
-    _check_uint8("alpha", alpha)
-    if alpha.shape[0] != rgb.shape[0] or alpha.shape[2:] != rgb.shape[2:]:
-        raise ValueError(f"alpha {tuple(alpha.shape)} does not match rgb {tuple(rgb.shape)}")
-    if not radii:
-        return rgb.clone()
-    height, width = rgb.shape[2:]
-    first, rest = int(radii[0]), [int(r) for r in radii[1:]]
-    cell = _cell(first, height, width)
-    step = max(cell, tile // cell * cell)
-    margin = sum(rest) + 2 * cell
-    soft = (alpha > 0) & (alpha < 255)
-    out = rgb.clone()
-
-    def crop(b: int, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (rgb[b : b + 1, :, y0:y1, x0:x1].float().div_(255),
-                alpha[b : b + 1, :, y0:y1, x0:x1].float().div_(255))
-
-    cores = [(y, min(y + step, height), x, min(x + step, width))
-             for y in range(0, height, step) for x in range(0, width, step)]
-    busy = torch.stack([soft[:, 0, y0:y1, x0:x1].flatten(1).any(1) for y0, y1, x0, x1 in cores], 1).tolist()
-    for b in range(rgb.shape[0]):
-        if not any(busy[b]):
-            continue
-        pooled = []  # the first pass's statistics on its grid, one band of rows at a time
-        for y in range(0, height, step):
-            img, a = crop(b, y, min(y + step, height), 0, width)
-            stats = torch.cat([a, img * a, img * (1 - a)], 1)
-            pooled.append(F.avg_pool2d(stats, cell, ceil_mode=True) if cell > 1 else stats)
-        means = _coarse_means(torch.cat(pooled, 2), first, cell)
-        for (y0, y1, x0, x1), has_soft in zip(cores, busy[b]):
-            if not has_soft:
-                continue
-            ys, xs = max(0, (y0 - margin) // cell * cell), max(0, (x0 - margin) // cell * cell)
-            ye, xe = min(height, y1 + margin), min(width, x1 + margin)
-            img, a = crop(b, ys, ye, xs, xe)
-            near = means[..., ys // cell : -(-ye // cell) + 1, xs // cell : -(-xe // cell) + 1]
-            fg, bg = _residual(img, a, _upsample(near, cell, ye - ys, xe - xs))
-            for radius in rest:
-                fg, bg = _fuse(img, fg, bg, a, radius)
-            core = fg[..., y0 - ys : y1 - ys, x0 - xs : x1 - xs].mul_(255).round_().to(torch.uint8)
-            view = out[b : b + 1, :, y0:y1, x0:x1]
-            view.copy_(torch.where(soft[b : b + 1, :, y0:y1, x0:x1], core, view))
-    return out
-
-
-def parse_colour(text: str, *, param: str = "background") -> tuple[int, int, int]:
-    """An RGB colour from ``white`` (any CSS colour name), ``#00ff00``, ``#0f0`` or ``0,255,0``.
-
-    Raises :class:`~ben_cli.errors.OptionError` (a ``UsageError``) naming ``param`` for anything else.
-    """
-    from PIL import ImageColor
-
-    from ben_cli.errors import OptionError
-
-    value = str(text).strip().lower()
-    if "," in value:
-        parts = [p.strip() for p in value.split(",")]
-        if len(parts) == 3 and all(p.isdigit() and int(p) <= 255 for p in parts):
-            r, g, b = (int(p) for p in parts)
-            return r, g, b
-        raise OptionError(param, f"bad colour {text!r}: give three integers 0..255, like 0,255,0")
-    try:
-        rgb = ImageColor.getrgb(value)
-    except ValueError:
-        raise OptionError(param, f"bad colour {text!r} (use a name like white, #00ff00 or 0,255,0)") from None
-    if len(rgb) != 3:
-        raise OptionError(param, f"bad colour {text!r}: give an opaque colour (no alpha)")
-    return rgb[0], rgb[1], rgb[2]
 
 
 def cover_resize(background: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -414,7 +201,7 @@ def cover_resize(background: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     """
     if background.dim() != 3 or background.shape[0] != 3:
         raise ValueError(f"background must be (3, h, w), got {tuple(background.shape)}")
-    _check_uint8("background", background)
+    check_uint8("background", background)
     height, width = (int(s) for s in size)
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive, got {tuple(size)}")
@@ -441,8 +228,12 @@ def threshold_alpha(alpha: torch.Tensor, threshold: float) -> torch.Tensor:
     """
     from ben_cli.errors import OptionError
 
-    _check_uint8("alpha", alpha)
+    check_uint8("alpha", alpha)
     t = float(threshold)
     if not 0 <= t <= 1:
         raise OptionError("threshold", f"must be between 0 and 1, got {threshold}")
     return torch.where(alpha.double() > t * 255, 255, 0).to(torch.uint8)
+
+
+__all__ = ["alpha_to_uint8", "box_blur", "composite", "cover_resize", "cutout", "decontaminate",
+           "estimate_foreground", "multiply_alpha", "resize_alpha", "stretch_alpha", "threshold_alpha"]

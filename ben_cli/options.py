@@ -75,6 +75,29 @@ def default_workers() -> int:
     return min(8, cpu_count())
 
 
+
+def parse_colour(text: str, *, param: str = "background") -> tuple[int, int, int]:
+    """An RGB colour from ``white`` (any CSS colour name), ``#00ff00``, ``#0f0`` or ``0,255,0``.
+
+    Raises :class:`~ben_cli.errors.OptionError` (a ``UsageError``) naming ``param`` for anything else.
+    """
+    from PIL import ImageColor
+
+    value = str(text).strip().lower()
+    if "," in value:
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) == 3 and all(p.isdigit() and int(p) <= 255 for p in parts):
+            r, g, b = (int(p) for p in parts)
+            return r, g, b
+        raise OptionError(param, f"bad colour {text!r}: give three integers 0..255, like 0,255,0")
+    try:
+        rgb = ImageColor.getrgb(value)
+    except ValueError:
+        raise OptionError(param, f"bad colour {text!r} (use a name like white, #00ff00 or 0,255,0)") from None
+    if len(rgb) != 3:
+        raise OptionError(param, f"bad colour {text!r}: give an opaque colour (no alpha)")
+    return rgb[0], rgb[1], rgb[2]
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """What the model step of ``ben erase``, ``ben trimap`` and ``ben eval --data`` runs with.
@@ -179,7 +202,6 @@ class OutputOptions:
         if not 1 <= int(self.quality) <= 100:
             raise OptionError("quality", f"must be from 1 to 100, got {self.quality}")
         if self.background is not None and not Path(self.background).is_file():
-            from ben_cli.compose import parse_colour
 
             parse_colour(self.background)  # raises OptionError("background", ...)
 
@@ -192,7 +214,6 @@ class OutputOptions:
         """The background as an RGB colour, or None (no background, or an image file)."""
         if self.background is None or Path(self.background).is_file():
             return None
-        from ben_cli.compose import parse_colour
 
         return parse_colour(self.background)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ben_cli.compose import composite, cover_resize, cutout, decontaminate, multiply_alpha, threshold_alpha
+from ben_cli.compose import composite, cover_resize, cutout, multiply_alpha, threshold_alpha
 from ben_cli.errors import InputError
+from ben_cli.foreground import decontaminate
 from ben_cli.io import LoadedImage, atomic_write_bytes, encode_image, read_image, write_stdout_bytes
 from ben_cli.options import OutputOptions
 from ben_cli.pipeline import Prediction
@@ -69,7 +70,7 @@ def finishing_device(device: torch.device) -> torch.device | None:
 
 
 def decontaminate_on(rgb: torch.Tensor, alpha: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    """:func:`~ben_cli.compose.decontaminate` of CPU tensors (1, 3, H, W) and (1, 1, H, W) uint8,
+    """:func:`~ben_cli.foreground.decontaminate` of CPU tensors (1, 3, H, W) and (1, 1, H, W) uint8,
     computed on ``device`` when it is an accelerator; (1, 3, H, W) uint8 on the CPU.
 
     It is the costliest step of a cutout on the CPU (about 125 ms per megapixel here), so

@@ -15,12 +15,12 @@ from ben_cli.compose import (
     cutout,
     decontaminate,
     estimate_foreground,
-    parse_colour,
     resize_alpha,
     stretch_alpha,
     threshold_alpha,
 )
 from ben_cli.errors import OptionError, UsageError
+from ben_cli.options import parse_colour
 
 
 def _image(batch: int = 2, height: int = 5, width: int = 7, seed: int = 0) -> torch.Tensor:

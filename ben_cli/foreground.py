@@ -1,0 +1,193 @@
+"""The foreground colour of semi-transparent pixels: cutouts without the old background's halo. Pure, batched.
+
+:func:`estimate_foreground` is blur-fusion (local mean colours by alpha-weighted box blurs, at
+decreasing radii); :func:`decontaminate` applies it to a cutout in bounded memory, only where
+the alpha is soft.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ben_cli.tensors import check_map, check_uint8
+
+
+def box_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over each (2r+1)x(2r+1) window, clipped to the image; cost independent of ``radius``.
+
+    Running sums (cumsum) along each axis, in float32 for float16/bfloat16/float32 input
+    (relative error about 1e-6 for values in [0, 1]: for colours, not for exact work).
+
+    Args:
+        x: (B, C, H, W) float.
+        radius: r >= 0.
+
+    Returns:
+        (B, C, H, W), same dtype and device.
+    """
+    if radius <= 0:
+        return x
+    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    for dim in (2, 3):
+        n = y.shape[dim]
+        r = min(radius, n)
+        shape = [1, 1, 1, 1]
+        shape[dim] = n
+        pad = [0, 0, 0, 0]  # F.pad order: (W left, W right, H top, H bottom)
+        side = 0 if dim == 3 else 2
+        pad[side], pad[side + 1] = r + 1, r
+        c = F.pad(y, pad).cumsum(dim)
+        sums = c.narrow(dim, 2 * r + 1, n) - c.narrow(dim, 0, n)
+        i = torch.arange(n, device=x.device)
+        counts = (torch.clamp(i + r, max=n - 1) - torch.clamp(i - r, min=0) + 1).to(sums.dtype)
+        y = sums / counts.view(shape)
+    return y.to(x.dtype)
+
+
+def _cell(radius: int, height: int, width: int) -> int:
+    """Side of the coarse grid a blur of ``radius`` runs on: ``radius // 8`` from radius 16, else 1."""
+    cell = radius // 8
+    return cell if cell >= 2 and min(height, width) >= 2 * cell else 1
+
+
+def _coarse_means(stats: torch.Tensor, radius: int, cell: int) -> torch.Tensor:
+    """Alpha-weighted mean colours on the grid of ``cell``-pooled ``stats``.
+
+    ``stats``: (B, 7, h, w) cells of (a, F a, B (1 - a)); returns (B, 6, h, w), the mean F then the mean B.
+    """
+    blurred = box_blur(stats, max(1, round(radius / cell)))
+    mean_a = blurred[:, :1]
+    return torch.cat([blurred[:, 1:4] / (mean_a + 1e-5), blurred[:, 4:] / ((1 - mean_a) + 1e-5)], 1)
+
+
+def _upsample(means: torch.Tensor, cell: int, height: int, width: int) -> torch.Tensor:
+    """Bilinear upsampling by exactly ``cell`` (cell centres at ``(i + 0.5) * cell - 0.5``), cropped."""
+    if cell == 1:
+        return means
+    return F.interpolate(means, scale_factor=float(cell), mode="bilinear", align_corners=False,
+                         recompute_scale_factor=False)[..., :height, :width]
+
+
+def _residual(image: torch.Tensor, alpha: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean colours plus the part of the pixel that ``I = a F + (1 - a) B`` leaves unexplained."""
+    mean_f, mean_b = means[:, :3], means[:, 3:]
+    residual = image - alpha * mean_f - (1 - alpha) * mean_b
+    return (mean_f + alpha * residual).clamp_(0, 1), mean_b
+
+
+def _fuse(image: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, alpha: torch.Tensor, radius: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One blur-fusion pass: local mean colours of F and B weighted by alpha, then the compositing residual.
+
+    Radii of 16 and more are blurred on a grid ``radius // 8`` times coarser (cells averaged, the
+    mean colours upsampled bilinearly): they are smooth at that scale, and it is 50-100x cheaper.
+    """
+    height, width = image.shape[2:]
+    cell = _cell(radius, height, width)
+    stats = torch.cat([alpha, fg * alpha, bg * (1 - alpha)], 1)
+    if cell > 1:
+        stats = F.avg_pool2d(stats, cell, ceil_mode=True)
+    return _residual(image, alpha, _upsample(_coarse_means(stats, radius, cell), cell, height, width))
+
+
+def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, *, radii: tuple[int, ...] = (90, 6)
+                        ) -> torch.Tensor:
+    """Foreground colours of a matte by blur-fusion (Forte and Pitie 2021, "Approximate Fast
+    Foreground Colour Estimation"): pure, batched, any device.
+
+    Each pass estimates local mean foreground and background colours with box
+    blurs weighted by alpha and 1 - alpha, then adds back the part of the pixel
+    that the compositing equation ``I = a F + (1 - a) B`` leaves unexplained,
+    scaled by alpha. The first pass (large radius) starts from the image itself,
+    later passes from the previous estimates.
+
+    Args:
+        image: (B, 3, H, W) float in [0, 1].
+        alpha: (B, 1, H, W) float in [0, 1].
+        radii: box radii of the passes, in pixels (default 90 then 6, as in the paper).
+
+    Returns:
+        (B, 3, H, W) float32 in [0, 1], the foreground colour of every pixel
+        (meaningful where alpha > 0).
+    """
+    check_map("image", image, 3)
+    check_map("alpha", alpha, 1)
+    if alpha.shape[0] != image.shape[0] or alpha.shape[2:] != image.shape[2:]:
+        raise ValueError(f"alpha {tuple(alpha.shape)} does not match image {tuple(image.shape)}")
+    if not image.is_floating_point() or not alpha.is_floating_point():
+        raise TypeError(f"image and alpha must be float, got {image.dtype} and {alpha.dtype}")
+    img = image.float()
+    a = alpha.float().clamp(0, 1)
+    fg, bg = img, img
+    for radius in radii:
+        fg, bg = _fuse(img, fg, bg, a, int(radius))
+    return fg
+
+
+def decontaminate(rgb: torch.Tensor, alpha: torch.Tensor, *, radii: tuple[int, ...] = (90, 6),
+                  tile: int = 128) -> torch.Tensor:
+    """Cutout colours without the old background's halo: semi-transparent pixels get their estimated
+    foreground colour (:func:`estimate_foreground`), every other pixel keeps its colour.
+
+    Works in bounded memory and in time proportional to the soft edges: the first
+    (large) pass's statistics are pooled band by band on its coarse grid, the
+    later passes run only on the tiles that hold semi-transparent pixels, with
+    a margin of context, so the colours are those of :func:`estimate_foreground`
+    on the whole image (to float rounding).
+
+    Args:
+        rgb: (B, 3, H, W) uint8.
+        alpha: (B, 1, H, W) uint8.
+        radii: as :func:`estimate_foreground` (the later ones below 16 for the same colours).
+        tile: side of the tiles of the later passes.
+
+    Returns:
+        (B, 3, H, W) uint8; equal to ``rgb`` where alpha is 0 or 255.
+    """
+    check_map("rgb", rgb, 3)
+    check_map("alpha", alpha, 1)
+    check_uint8("rgb", rgb)
+    check_uint8("alpha", alpha)
+    if alpha.shape[0] != rgb.shape[0] or alpha.shape[2:] != rgb.shape[2:]:
+        raise ValueError(f"alpha {tuple(alpha.shape)} does not match rgb {tuple(rgb.shape)}")
+    if not radii:
+        return rgb.clone()
+    height, width = rgb.shape[2:]
+    first, rest = int(radii[0]), [int(r) for r in radii[1:]]
+    cell = _cell(first, height, width)
+    step = max(cell, tile // cell * cell)
+    margin = sum(rest) + 2 * cell
+    soft = (alpha > 0) & (alpha < 255)
+    out = rgb.clone()
+
+    def crop(b: int, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (rgb[b : b + 1, :, y0:y1, x0:x1].float().div_(255),
+                alpha[b : b + 1, :, y0:y1, x0:x1].float().div_(255))
+
+    cores = [(y, min(y + step, height), x, min(x + step, width))
+             for y in range(0, height, step) for x in range(0, width, step)]
+    busy = torch.stack([soft[:, 0, y0:y1, x0:x1].flatten(1).any(1) for y0, y1, x0, x1 in cores], 1).tolist()
+    for b in range(rgb.shape[0]):
+        if not any(busy[b]):
+            continue
+        pooled = []  # the first pass's statistics on its grid, one band of rows at a time
+        for y in range(0, height, step):
+            img, a = crop(b, y, min(y + step, height), 0, width)
+            stats = torch.cat([a, img * a, img * (1 - a)], 1)
+            pooled.append(F.avg_pool2d(stats, cell, ceil_mode=True) if cell > 1 else stats)
+        means = _coarse_means(torch.cat(pooled, 2), first, cell)
+        for (y0, y1, x0, x1), has_soft in zip(cores, busy[b]):
+            if not has_soft:
+                continue
+            ys, xs = max(0, (y0 - margin) // cell * cell), max(0, (x0 - margin) // cell * cell)
+            ye, xe = min(height, y1 + margin), min(width, x1 + margin)
+            img, a = crop(b, ys, ye, xs, xe)
+            near = means[..., ys // cell : -(-ye // cell) + 1, xs // cell : -(-xe // cell) + 1]
+            fg, bg = _residual(img, a, _upsample(near, cell, ye - ys, xe - xs))
+            for radius in rest:
+                fg, bg = _fuse(img, fg, bg, a, radius)
+            core = fg[..., y0 - ys : y1 - ys, x0 - xs : x1 - xs].mul_(255).round_().to(torch.uint8)
+            view = out[b : b + 1, :, y0:y1, x0:x1]
+            view.copy_(torch.where(soft[b : b + 1, :, y0:y1, x0:x1], core, view))
+    return out
