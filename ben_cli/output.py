@@ -93,8 +93,7 @@ def write_outputs(job: Job, image: LoadedImage, pred: Prediction, output: Output
     written = []
     for kind, target in job.outputs.items():
         cut = kind == "cutout"
-        extra = {} if device is None else {"device": device}
-        data = encode_image(render(kind, image, pred, output, background, **extra),
+        data = encode_image(render(kind, image, pred, output, background, device=device),
                             output.format.value if cut else "png",
                             icc_profile=image.icc_profile if cut else None, compression=output.png_compression,
                             quality=output.quality, source=job.source_name)

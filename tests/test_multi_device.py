@@ -262,10 +262,10 @@ def test_reads_that_finish_out_of_order_and_read_write_failures(tmp_path, monkey
 
     original_render = output.render
 
-    def render(kind, image, pred, *args):
+    def render(kind, image, pred, *args, device=None):
         if image.path.endswith("im06.png"):
             raise RuntimeError("compose broke")
-        return original_render(kind, image, pred, *args)
+        return original_render(kind, image, pred, *args, device=device)
 
     log: list = []
     reference, _, _, _ = _run(src, tmp_path / "ref", [Recorder("ref", log)], workers=1)

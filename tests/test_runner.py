@@ -115,10 +115,10 @@ def test_read_and_write_failures_of_any_kind_fail_one_image(tmp_path, monkeypatc
 
         original = output.render
 
-        def render(kind, image, pred, *args):
+        def render(kind, image, pred, *args, device=None):
             if image.path.endswith("im3.png"):
                 raise RuntimeError("compose broke")
-            return original(kind, image, pred, *args)
+            return original(kind, image, pred, *args, device=device)
 
         monkeypatch.setattr(output, "render", render)
         expected = "internal error while writing: RuntimeError: compose broke"
