@@ -79,7 +79,7 @@ def bench(
 ) -> None:
     """Measure ben erase here: each stage, the whole path, memory, start-up, and an official-style path."""
     from ben_cli.bench import BenchOptions, check_json_path, parse_batch_sizes, parse_size, run_bench
-    from ben_cli.cli.erase import check_runnable
+    from ben_cli.cli.driver import check_runnable
 
     sizes = parse_batch_sizes(batch_size) if batch_size else ()  # none given: the device's default
     if input is not None and size is not None:

@@ -29,7 +29,7 @@ def trimap(
     quiet: opt.Quiet = False,
 ) -> None:
     """Run BEN Base and write the confidence trimap (0 background, 128 unknown, 255 foreground)."""
-    from ben_cli.cli.erase import check_runnable, exit_for, make_plan, refuse_terminal_stdout, run_plan
+    from ben_cli.cli.driver import check_runnable, exit_for, make_plan, refuse_terminal_stdout, run_plan
     from ben_cli.plan import STDIO
 
     kinds = ("trimap", "overlay") if overlay else ("trimap",)
@@ -61,7 +61,7 @@ def trimap(
 def _single(image: str, out: Path, kinds: tuple[str, ...]):
     """One image (or ``-``) to an explicit .png: the trimap exactly there, the overlay beside it as
     <stem>.overlay.png."""
-    from ben_cli.cli.erase import read_stdin
+    from ben_cli.cli.driver import read_stdin
     from ben_cli.io import STDIN_NAME, SUFFIX, refuse_overwriting_input
     from ben_cli.plan import STDIO, Job, Plan
 
