@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ben_cli.foreground import box_blur, decontaminate, estimate_foreground
-from ben_cli.tensors import check_map, check_uint8
+from ben_cli.tensors import check_image_and_alpha, check_map, check_uint8, check_uint8_maps
 
 
 def resize_alpha(prob: torch.Tensor, size: tuple[int, int], *, antialias: bool = False) -> torch.Tensor:
@@ -123,12 +123,7 @@ def cutout(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 4, H, W) uint8, channels R, G, B, A.
     """
-    check_map("rgb", rgb, 3)
-    check_map("alpha", alpha, 1)
-    check_uint8("rgb", rgb)
-    check_uint8("alpha", alpha)
-    if alpha.shape[0] != rgb.shape[0] or alpha.shape[2:] != rgb.shape[2:]:
-        raise ValueError(f"alpha {tuple(alpha.shape)} does not match rgb {tuple(rgb.shape)}")
+    check_image_and_alpha(rgb, alpha)
     return torch.cat([rgb.masked_fill(alpha == 0, 0), alpha], dim=1)
 
 
@@ -150,10 +145,7 @@ def composite(
     Returns:
         (B, 3, H, W) uint8.
     """
-    check_map("rgb", rgb, 3)
-    check_map("alpha", alpha, 1)
-    check_uint8("rgb", rgb)
-    check_uint8("alpha", alpha)
+    check_uint8_maps(("rgb", rgb, 3), ("alpha", alpha, 1))
     if isinstance(background, torch.Tensor):
         check_uint8("background", background)
         bg = background.to(device=rgb.device, dtype=torch.int32)
@@ -181,10 +173,7 @@ def multiply_alpha(alpha: torch.Tensor, source_alpha: torch.Tensor) -> torch.Ten
     Returns:
         (B, 1, H, W) uint8.
     """
-    check_map("alpha", alpha, 1)
-    check_map("source_alpha", source_alpha, 1)
-    check_uint8("alpha", alpha)
-    check_uint8("source_alpha", source_alpha)
+    check_uint8_maps(("alpha", alpha, 1), ("source_alpha", source_alpha, 1))
     product = alpha.to(torch.int32) * source_alpha.to(torch.int32)
     return ((product + 127) // 255).to(torch.uint8)
 

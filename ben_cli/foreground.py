@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ben_cli.tensors import check_map, check_uint8
+from ben_cli.tensors import check_image_and_alpha, check_map
 
 
 def box_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -145,12 +145,7 @@ def decontaminate(rgb: torch.Tensor, alpha: torch.Tensor, *, radii: tuple[int, .
     Returns:
         (B, 3, H, W) uint8; equal to ``rgb`` where alpha is 0 or 255.
     """
-    check_map("rgb", rgb, 3)
-    check_map("alpha", alpha, 1)
-    check_uint8("rgb", rgb)
-    check_uint8("alpha", alpha)
-    if alpha.shape[0] != rgb.shape[0] or alpha.shape[2:] != rgb.shape[2:]:
-        raise ValueError(f"alpha {tuple(alpha.shape)} does not match rgb {tuple(rgb.shape)}")
+    check_image_and_alpha(rgb, alpha)
     if not radii:
         return rgb.clone()
     height, width = rgb.shape[2:]
