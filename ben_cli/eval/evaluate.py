@@ -22,13 +22,11 @@
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,40 +34,10 @@ import numpy as np
 
 from ben_cli.errors import InputError, OptionError, PairingError, UsageError
 from ben_cli.eval.metrics import ImageResult, Summary
-from ben_cli.eval.report import CSV_KEYS, plot_curves, summary_dict, write_csv
+from ben_cli.eval.report import CSV_KEYS, Evaluation, Pair, plot_curves, summary_dict, write_csv
 
 PROTOCOLS: tuple[str, ...] = ("standard", "ben")
 _LISTED = 8  # file names shown in a pairing error before "... and N more"
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One prediction and its ground truth, matched by ``stem``."""
-
-    stem: str
-    pred: Path
-    gt: Path
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Per-image results (in ``pairs`` order, sorted by stem) and their summary."""
-
-    pairs: list[Pair]
-    images: list[ImageResult]
-    summary: Summary
-
-    def undefined(self) -> dict[str, list[tuple[Pair, str]]]:
-        """Metrics that are NaN for some pairs: ``{key: [(pair, reason), ...]}`` in pair order.
-
-        The summary's value of such a key is NaN too (both protocols average with NaN).
-        """
-        found: dict[str, list[tuple[Pair, str]]] = {}
-        for pair, result in zip(self.pairs, self.images, strict=True):
-            for key in CSV_KEYS:
-                if math.isnan(result.scores[key]):
-                    found.setdefault(key, []).append((pair, result.undefined.get(key, "undefined")))
-        return found
 
 
 class AlphaPredictor(Protocol):

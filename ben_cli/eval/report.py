@@ -1,23 +1,53 @@
-"""Reports of an evaluation: the summary as JSON, the per-image CSV table, the precision-recall figure."""
+"""An evaluation's results (:class:`Pair`, :class:`Evaluation`) and their reports: the summary as JSON, the
+per-image CSV table, the precision-recall figure."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ben_cli.errors import OptionError
-from ben_cli.eval.metrics import EXTRA_KEYS, METRIC_KEYS, Summary
-
-if TYPE_CHECKING:
-    from ben_cli.eval.evaluate import Evaluation
+from ben_cli.eval.metrics import EXTRA_KEYS, METRIC_KEYS, ImageResult, Summary
 
 CSV_KEYS: tuple[str, ...] = METRIC_KEYS + EXTRA_KEYS
 """The columns of the per-image table after stem, prediction and ground truth."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One prediction and its ground truth, matched by ``stem``."""
+
+    stem: str
+    pred: Path
+    gt: Path
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-image results (in ``pairs`` order, sorted by stem) and their summary."""
+
+    pairs: list[Pair]
+    images: list[ImageResult]
+    summary: Summary
+
+    def undefined(self) -> dict[str, list[tuple[Pair, str]]]:
+        """Metrics that are NaN for some pairs: ``{key: [(pair, reason), ...]}`` in pair order.
+
+        The summary's value of such a key is NaN too (both protocols average with NaN).
+        """
+        found: dict[str, list[tuple[Pair, str]]] = {}
+        for pair, result in zip(self.pairs, self.images, strict=True):
+            for key in CSV_KEYS:
+                if math.isnan(result.scores[key]):
+                    found.setdefault(key, []).append((pair, result.undefined.get(key, "undefined")))
+        return found
+
 
 
 
