@@ -107,6 +107,7 @@ class Eraser:
         self.batch_size = batch_size
         self.compiled = compile
         self._forward = self._make_forward()
+        self._input: torch.Tensor | None = None  # the compiled model's one input buffer (:meth:`_compiled_input`)
         self._fallback: torch.nn.Module | None = None  # fp32 weights, made on the first fp16 overflow
         self.settings: dict[str, Any] = {
             "resolution": self.resolution, "device": str(device), "precision": dtype_name(dtype),
@@ -156,8 +157,8 @@ class Eraser:
         normed = (rgb - self.mean) / self.std
         batch = normed.to(weights_dtype(self.dtype, self.autocast))
         n = batch.shape[0]
-        if self.compiled and n < self.batch_size:  # keep one shape: no recompilation for the last batch
-            batch = torch.cat([batch, batch.new_zeros(self.batch_size - n, *batch.shape[1:])])
+        if self.compiled:
+            batch = self._compiled_input(batch)
         graphs = self.compiled and uses_cuda_graphs(self.device)
         with inference_context(self.device, self.dtype, autocast=self.autocast):
             if graphs:
@@ -168,6 +169,24 @@ class Eraser:
             return self._overflow_fallback(normed)
         # A CUDA graph's output is overwritten by its next replay; float() returns a float32 tensor itself.
         return logits.clone() if graphs and logits is raw else logits
+
+    def _compiled_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` (n, 3, S, S) copied into the one input the compiled model sees: a persistent,
+        contiguous (batch_size, 3, S, S) buffer, rows past ``n`` zero.
+
+        Static shapes compile once per shape *and* layout: the preprocessed batch has channels-last
+        strides, so handing it over as it is, but a padded copy for a short last batch, compiled a
+        second graph (and, under CUDA graphs, a second memory pool). A batch larger than the buffer
+        is handed over contiguous (a new shape, compiled once)."""
+        n = batch.shape[0]
+        if n > self.batch_size:
+            return batch.contiguous()
+        want = (self.batch_size, *batch.shape[1:])
+        if self._input is None or tuple(self._input.shape) != want or self._input.dtype != batch.dtype:
+            self._input = torch.zeros(want, dtype=batch.dtype, device=batch.device)
+        self._input[:n].copy_(batch)
+        self._input[n:].zero_()
+        return self._input
 
     def _overflow_fallback(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1, S, S) float32 of a batch whose fp16 forward overflowed (inf/NaN somewhere).

@@ -1,0 +1,61 @@
+"""Under --compile the model sees one input shape and layout: a short last batch does not recompile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ben_cli.pipeline as pipeline
+from ben_cli.pipeline import Eraser
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def compile_counter(monkeypatch):
+    """``pipeline.compile_model`` replaced by dynamo with a backend that counts the graphs it is handed."""
+    graphs: list[object] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def compile_model(model, device):
+        return torch.compile(model, backend=backend, dynamic=False)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(pipeline, "compile_model", compile_model)
+    yield graphs
+    torch._dynamo.reset()
+
+
+def _images(n: int, side: int = 256) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_a_short_last_batch_compiles_no_second_graph(tiny_model, compile_counter, one_torch_thread):
+    eraser = Eraser(tiny_model, device=CPU, dtype=torch.float32, resolution=256, compile=True, batch_size=4)
+    images = _images(5)
+    first = eraser.predict(images[:4])
+    last = eraser.predict(images[4:])  # 1 image, padded to the compiled batch of 4
+    assert len(compile_counter) == 1
+    eager = Eraser(tiny_model, device=CPU, dtype=torch.float32, resolution=256, batch_size=4)
+    for got, want in zip(first + last, eager.predict(images[:4]) + eager.predict(images[4:]), strict=True):
+        assert np.abs(got.alpha.astype(int) - want.alpha.astype(int)).max() <= 1
+
+
+def test_the_compiled_input_is_one_contiguous_buffer(tiny_model, compile_counter, one_torch_thread):
+    """Every compiled call gets the same persistent, contiguous (batch_size, 3, S, S) tensor."""
+    seen: list[torch.Tensor] = []
+    eraser = Eraser(tiny_model, device=CPU, dtype=torch.float32, resolution=256, compile=True, batch_size=2)
+    forward = eraser._forward
+    eraser._forward = lambda x: seen.append(x) or forward(x)
+    rgb = eraser.preprocess(_images(2))
+    assert not rgb.is_contiguous()  # channels-last strides from the uint8 HWC batch
+    eraser.base(rgb)
+    eraser.base(rgb[:1])
+    assert len(seen) == 2 and seen[0] is seen[1]
+    assert seen[0].is_contiguous() and tuple(seen[0].shape) == (2, 3, 256, 256)
+    assert not seen[1][1:].any()  # the padding rows are zeros
