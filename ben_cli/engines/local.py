@@ -28,9 +28,6 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import torch
-
-from ben_cli.device import device_guard
 from ben_cli.engines.results import FileResult, Results
 from ben_cli.engines.steps import (
     Item,
@@ -106,8 +103,7 @@ class BatchRun(Results):
         self._pipeline([job for job in todo if not job.video], erasers)
         for job in todo:
             if job.video:
-                with device_guard(erasers[0].device):
-                    self._video(job, erasers[0])
+                self._video(job, erasers[0])
 
     def _video(self, job: Job, eraser: Eraser) -> None:
         """One video, streamed through the Eraser; a bad one fails alone."""
@@ -262,8 +258,8 @@ class _Replicas:
         self.queue: queue.Queue[list[Pending] | None] = queue.Queue(maxsize=len(erasers))
         self.run, self.stopping = run, stopping
         self.error: BaseException | None = None
-        self.threads = [threading.Thread(target=self._serve, args=(i, e.device), name=f"ben-model-{i}", daemon=True)
-                        for i, e in enumerate(erasers)]
+        self.threads = [threading.Thread(target=self._serve, args=(i,), name=f"ben-model-{i}", daemon=True)
+                        for i in range(len(erasers))]
         for thread in self.threads:
             thread.start()
 
@@ -271,17 +267,16 @@ class _Replicas:
         """Queue a batch; waits while every replica is busy and one batch already waits for each."""
         self.queue.put(batch)
 
-    def _serve(self, index: int, device: torch.device) -> None:
-        with device_guard(device):
-            while (batch := self.queue.get()) is not None:
-                if self.error is not None or self.stopping.is_set():
-                    _fail(batch, self.error)
-                    continue
-                try:
-                    self.run(index, batch)
-                except BaseException as e:  # an interrupt raised in the model: stops the run
-                    self.error = e
-                    _fail(batch, e)
+    def _serve(self, index: int) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None or self.stopping.is_set():
+                _fail(batch, self.error)
+                continue
+            try:
+                self.run(index, batch)
+            except BaseException as e:  # an interrupt raised in the model: stops the run
+                self.error = e
+                _fail(batch, e)
 
     def close(self) -> None:
         """Drop the queued batches and wait for the running ones (they write nothing once stopping)."""

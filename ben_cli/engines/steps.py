@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ben_cli.device import release_cached_memory
+from ben_cli.device import device_guard, release_cached_memory
 from ben_cli.errors import InputError
 from ben_cli.io import LoadedImage, is_file, read_image
 from ben_cli.output import TRIMAP_KINDS
@@ -83,8 +83,16 @@ def predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int], 
 
     Returns (item, prediction or None, error or None) per item, in order. When the batch
     runs out of memory, the device cache is freed and ``on_oom(len(batch))`` is called
-    (the caller lowers its batch size) before the one-by-one retry.
+    (the caller lowers its batch size) before the one-by-one retry. All of it runs with the
+    replica's device current (:func:`ben_cli.device.device_guard`): this is where every engine's
+    images meet the model, so ``--device cuda:N`` never lands work on ``cuda:0``.
     """
+    with device_guard(eraser.device):
+        return _predict_each(eraser, batch, on_oom)
+
+
+def _predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int], None] | None,
+                  ) -> list[tuple[Item, Prediction | None, Exception | None]]:
     want_trimap = any(wants_trimap(item[0]) for item in batch)
     try:
         preds = eraser.predict([b[1].rgb for b in batch], resized=[b[2] for b in batch], want_trimap=want_trimap)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ben_cli.device import device_guard
 from ben_cli.io import KINDS, LoadedImage
 from ben_cli.options import OutputOptions, VideoOptions, default_workers
 from ben_cli.output import TRIMAP_KINDS, load_background, render
@@ -305,7 +306,8 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
         workers = workers or default_workers()
         run = _Run(src, sinks, eraser, output=output, smooth=video.smooth, batch_size=batch_size or eraser.batch_size,
                    workers=workers, background=background, on_frames=on_frames)
-        run.run()
+        with device_guard(eraser.device):  # the replica's device current, as for images (engines.steps)
+            run.run()
         frames = {s.frames for s in sinks}
         if frames != {run.predicted}:  # a worker stopped early without an error: never rename such a file
             raise RuntimeError(f"frames lost between the model and the outputs ({run.predicted} vs {sorted(frames)})")
