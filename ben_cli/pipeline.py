@@ -170,6 +170,21 @@ class Eraser:
         # A CUDA graph's output is overwritten by its next replay; float() returns a float32 tensor itself.
         return logits.clone() if graphs and logits is raw else logits
 
+    def use_eager(self) -> None:
+        """Run the model eagerly from now on (a no-op when it is not compiled).
+
+        For out of memory under ``compile``: the lowered batch size and the one-by-one retry
+        would each be a new shape to compile, and under CUDA graphs a new memory pool while the
+        old one stays allocated (``empty_cache`` cannot free it). The input buffer is dropped.
+        """
+        if not self.compiled:
+            return
+        self.compiled = False
+        self._forward = self.model
+        self._input = None
+        warnings.warn(f"out of memory under compile on {self.device}: it goes on without compile",
+                      BenWarning, stacklevel=2)
+
     def _compiled_input(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` (n, 3, S, S) copied into the one input the compiled model sees: a persistent,
         contiguous (batch_size, 3, S, S) buffer, rows past ``n`` zero.

@@ -59,3 +59,31 @@ def test_the_compiled_input_is_one_contiguous_buffer(tiny_model, compile_counter
     assert len(seen) == 2 and seen[0] is seen[1]
     assert seen[0].is_contiguous() and tuple(seen[0].shape) == (2, 3, 256, 256)
     assert not seen[1][1:].any()  # the padding rows are zeros
+
+
+def test_out_of_memory_under_compile_goes_on_eagerly_image_by_image(tiny_model, monkeypatch, one_torch_thread):
+    """After an OOM the compiled Eraser runs eagerly: the one-by-one retry feeds single images, not each
+    padded to the compiled batch (a new shape, a new CUDA-graph pool)."""
+    from ben_cli.engines import steps
+    from ben_cli.errors import BenWarning
+
+    compiled_calls: list[int] = []
+
+    def compile_model(model, device):
+        def compiled(x):
+            compiled_calls.append(x.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return compiled
+
+    monkeypatch.setattr(pipeline, "compile_model", compile_model)
+    eraser = Eraser(tiny_model, device=CPU, dtype=torch.float32, resolution=256, compile=True, batch_size=4)
+    eager_shapes: list[int] = []
+    eraser.model.register_forward_pre_hook(lambda module, args: eager_shapes.append(args[0].shape[0]))
+    job = type("J", (), {"outputs": {"alpha": "x.alpha.png"}})()
+    items = [(job, type("L", (), {"rgb": im})(), im) for im in _images(3)]
+    lowered: list[int] = []
+    with pytest.warns(BenWarning, match="without compile"):
+        out = steps.predict_each(eraser, items, on_oom=lowered.append)
+    assert compiled_calls == [4] and lowered == [3]
+    assert [error for _, _, error in out] == [None, None, None]
+    assert eager_shapes == [1, 1, 1] and not eraser.compiled

@@ -98,12 +98,12 @@ def _predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int],
         preds = eraser.predict([b[1].rgb for b in batch], resized=[b[2] for b in batch], want_trimap=want_trimap)
         return [(item, pred, None) for item, pred in zip(batch, preds)]
     except Exception as e:
-        if len(batch) == 1:
-            return [(batch[0], None, e)]
         if is_out_of_memory(e):
             free_memory(eraser)
-            if on_oom is not None:
-                on_oom(len(batch))
+        if len(batch) == 1:
+            return [(batch[0], None, e)]
+        if is_out_of_memory(e) and on_oom is not None:
+            on_oom(len(batch))
     out: list[tuple[Item, Prediction | None, Exception | None]] = []
     for item in batch:
         try:
@@ -122,5 +122,8 @@ def lowered_batch_size(current: int, failed_at: int) -> int:
 
 
 def free_memory(eraser: Eraser) -> None:
-    """Return the device's cached blocks after an out-of-memory error."""
+    """After an out-of-memory error: a compiled Eraser goes on eagerly (:meth:`Eraser.use_eager`: the
+    smaller batches that follow would be new shapes to compile, each with its own CUDA-graph pool),
+    and the device's cached blocks are returned."""
+    eraser.use_eager()
     release_cached_memory(eraser.device)
