@@ -150,10 +150,31 @@ def compile_model(model: torch.nn.Module, device: torch.device) -> Callable[[tor
     outputs live in memory the next call overwrites, so the caller must clone what it keeps
     (:func:`uses_cuda_graphs`). Elsewhere: the default mode. Shapes are static
     (``dynamic=False``): each batch shape compiles once, so callers pad to one batch size.
+    ``fullgraph=True``: a graph break or the recompile limit raises (:func:`compile_fallbacks`)
+    rather than running parts eagerly unnoticed.
     """
     configure_compile_cache()
     mode = "reduce-overhead" if uses_cuda_graphs(device) else None
-    return torch.compile(model, dynamic=False, mode=mode)
+    return torch.compile(model, dynamic=False, mode=mode, fullgraph=True)
+
+
+def allow_recompiles(count: int) -> None:
+    """Let dynamo keep at least ``count`` compiled graphs of one function (the model's ``forward``).
+
+    Each replica is a module of its own and adds a graph (two with a stride variant); past the
+    limit (8 by default) dynamo would silently run the function eagerly. Raised, never lowered.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, count)
+
+
+def compile_fallbacks() -> tuple[type[BaseException], ...]:
+    """What a compiled model raises instead of running eagerly behind our back (it is compiled with
+    ``fullgraph=True``): a graph break, or dynamo's recompile limit reached."""
+    from torch._dynamo.exc import FailOnRecompileLimitHit, Unsupported
+
+    return (FailOnRecompileLimitHit, Unsupported)
 
 
 def uses_cuda_graphs(device: torch.device) -> bool:

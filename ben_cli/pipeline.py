@@ -36,6 +36,8 @@ import torch
 from ben_cli.compose import alpha_to_uint8, resize_alpha
 from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD, TrimapConfig
 from ben_cli.device import (
+    allow_recompiles,
+    compile_fallbacks,
     compile_model,
     dtype_name,
     inference_context,
@@ -108,6 +110,8 @@ class Eraser:
         self.compiled = compile
         self._forward = self._make_forward()
         self._input: torch.Tensor | None = None  # the compiled model's one input buffer (:meth:`_compiled_input`)
+        # what the compiled model raises where dynamo would otherwise run it eagerly unnoticed
+        self._compile_errors: tuple[type[BaseException], ...] = compile_fallbacks() if compile else ()
         self._fallback: torch.nn.Module | None = None  # fp32 weights, made on the first fp16 overflow
         self.settings: dict[str, Any] = {
             "resolution": self.resolution, "device": str(device), "precision": dtype_name(dtype),
@@ -163,27 +167,39 @@ class Eraser:
         with inference_context(self.device, self.dtype, autocast=self.autocast):
             if graphs:
                 mark_compiled_step(self.device)
-            raw = self._forward(batch)[:n]
+            try:
+                raw = self._forward(batch)[:n]
+            except self._compile_errors as e:
+                self.use_eager(f"torch.compile gave up on {self.device} ({type(e).__name__})")
+                return self.base(rgb)
         logits = raw.float()
         if self.dtype == torch.float16 and not self.autocast and not bool(torch.isfinite(logits).all()):
             return self._overflow_fallback(normed)
         # A CUDA graph's output is overwritten by its next replay; float() returns a float32 tensor itself.
         return logits.clone() if graphs and logits is raw else logits
 
-    def use_eager(self) -> None:
-        """Run the model eagerly from now on (a no-op when it is not compiled).
+    def use_eager(self, why: str | None = None) -> None:
+        """Run the model eagerly from now on, saying ``why`` once (a no-op when it is not compiled).
 
-        For out of memory under ``compile``: the lowered batch size and the one-by-one retry
-        would each be a new shape to compile, and under CUDA graphs a new memory pool while the
-        old one stays allocated (``empty_cache`` cannot free it). The input buffer is dropped.
+        For out of memory under ``compile`` (the default ``why``): the lowered batch size and the
+        one-by-one retry would each be a new shape to compile, and under CUDA graphs a new memory
+        pool while the old one stays allocated (``empty_cache`` cannot free it); and for a model
+        that dynamo cannot compile whole. The input buffer is dropped.
         """
         if not self.compiled:
             return
         self.compiled = False
         self._forward = self.model
         self._input = None
-        warnings.warn(f"out of memory under compile on {self.device}: it goes on without compile",
-                      BenWarning, stacklevel=2)
+        self._compile_errors = ()
+        why = why or f"out of memory under compile on {self.device}"
+        warnings.warn(f"{why}: it goes on without compile", BenWarning, stacklevel=2)
+
+    def warm_up(self) -> None:
+        """Compile now (one forward of a zero batch of the compiled shape), not on the first batch."""
+        if self.compiled:
+            side = self.resolution
+            self.base(torch.zeros(self.batch_size, 3, side, side, device=self.device))
 
     def _compiled_input(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` (n, 3, S, S) copied into the one input the compiled model sees: a persistent,
@@ -363,13 +379,20 @@ def load_erasers(options: InferenceOptions) -> list[Eraser]:
 
     One device: ``[Eraser.from_options(options)]``. Several: the weights are read once, onto
     the first device, and :meth:`Eraser.replicate` copies the model to each other device;
-    each Eraser's ``settings["device"]`` names its own device.
+    each Eraser's ``settings["device"]`` names its own device. With ``compile`` every replica
+    is compiled here (:meth:`Eraser.warm_up`), under a recompile limit that fits them all.
     """
     devices = resolve_devices(options.device)
+    if options.compile:
+        allow_recompiles(2 * len(devices) + 2)  # a graph per replica, a stride variant each, and a spare pair
     if len(devices) == 1:
-        return [Eraser.from_options(options)]
-    first = Eraser.from_options(options.replace(device=str(devices[0])))
-    return [first, *(first.replicate(device) for device in devices[1:])]
+        erasers = [Eraser.from_options(options)]
+    else:
+        first = Eraser.from_options(options.replace(device=str(devices[0])))
+        erasers = [first, *(first.replicate(device) for device in devices[1:])]
+    for eraser in erasers:  # with --compile, each replica compiles here, one after another, before any batch
+        eraser.warm_up()
+    return erasers
 
 
 __all__ = ["FINISH_STAGES", "Eraser", "Prediction", "StageTimer", "build_refiner", "inference_copy", "load_erasers"]

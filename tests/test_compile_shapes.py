@@ -87,3 +87,44 @@ def test_out_of_memory_under_compile_goes_on_eagerly_image_by_image(tiny_model, 
     assert compiled_calls == [4] and lowered == [3]
     assert [error for _, _, error in out] == [None, None, None]
     assert eager_shapes == [1, 1, 1] and not eraser.compiled
+
+
+def test_replicas_compile_at_load_time_under_a_limit_that_fits_them(tiny_checkpoint, compile_counter, monkeypatch,
+                                                                    one_torch_thread):
+    import torch._dynamo.config as dynamo_config
+
+    from ben_cli.options import InferenceOptions
+    from ben_cli.pipeline import load_erasers
+
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 2)
+    options = InferenceOptions(model="tiny", weights=tiny_checkpoint, device="cpu,cpu,cpu", compile=True,
+                               resolution=256, batch_size=2, refiner="none")
+    erasers = load_erasers(options)
+    compiled_at_load = len(compile_counter)
+    # on the CPU the replicas share one graph (same device, parameters as graph inputs); on CUDA each
+    # device index is a graph of its own: either way, all of them before the first batch
+    assert len(erasers) == 3 and compiled_at_load >= 1
+    assert dynamo_config.recompile_limit >= 2 * 3
+    for eraser in erasers:
+        eraser.predict(_images(2))
+        eraser.predict(_images(1))
+    assert len(compile_counter) == compiled_at_load and all(e.compiled for e in erasers)
+
+
+def test_a_model_dynamo_gives_up_on_runs_eagerly_and_says_so(tiny_model, monkeypatch, one_torch_thread):
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
+    from ben_cli.errors import BenWarning
+
+    def compile_model(model, device):
+        def compiled(x):
+            raise FailOnRecompileLimitHit("Hard failure due to fullgraph=True")
+        return compiled
+
+    monkeypatch.setattr(pipeline, "compile_model", compile_model)
+    eraser = Eraser(tiny_model, device=CPU, dtype=torch.float32, resolution=256, compile=True, batch_size=2)
+    eager = Eraser(tiny_model, device=CPU, dtype=torch.float32, resolution=256, batch_size=2)
+    rgb = eraser.preprocess(_images(2))
+    with pytest.warns(BenWarning, match="torch.compile gave up"):
+        got = eraser.base(rgb)
+    assert torch.equal(got, eager.base(rgb)) and not eraser.compiled
