@@ -89,25 +89,27 @@ def test_out_of_memory_under_compile_goes_on_eagerly_image_by_image(tiny_model, 
     assert eager_shapes == [1, 1, 1] and not eraser.compiled
 
 
-def test_replicas_compile_at_load_time_under_a_limit_that_fits_them(tiny_checkpoint, compile_counter, monkeypatch,
+def test_replicas_compile_at_load_time_under_a_limit_that_fits_them(tiny_checkpoint, compile_counter,
                                                                     one_torch_thread):
     import torch._dynamo.config as dynamo_config
 
     from ben_cli.options import InferenceOptions
     from ben_cli.pipeline import load_erasers
 
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 2)
     options = InferenceOptions(model="tiny", weights=tiny_checkpoint, device="cpu,cpu,cpu", compile=True,
                                resolution=256, batch_size=2, refiner="none")
-    erasers = load_erasers(options)
-    compiled_at_load = len(compile_counter)
-    # on the CPU the replicas share one graph (same device, parameters as graph inputs); on CUDA each
-    # device index is a graph of its own: either way, all of them before the first batch
-    assert len(erasers) == 3 and compiled_at_load >= 1
-    assert dynamo_config.recompile_limit >= 2 * 3
-    for eraser in erasers:
-        eraser.predict(_images(2))
-        eraser.predict(_images(1))
+    # dynamo's config is no plain module: pytest's monkeypatch deletes the key on undo, so its own
+    # patch() restores the limit for the tests that follow
+    with dynamo_config.patch(recompile_limit=2):
+        erasers = load_erasers(options)
+        compiled_at_load = len(compile_counter)
+        # on the CPU the replicas share one graph (same device, parameters as graph inputs); on CUDA
+        # each device index is a graph of its own: either way, all of them before the first batch
+        assert len(erasers) == 3 and compiled_at_load >= 1
+        assert dynamo_config.recompile_limit >= 2 * 3
+        for eraser in erasers:
+            eraser.predict(_images(2))
+            eraser.predict(_images(1))
     assert len(compile_counter) == compiled_at_load and all(e.compiled for e in erasers)
 
 
