@@ -143,18 +143,21 @@ def configure_compile_cache() -> str:
     return os.environ[COMPILE_CACHE_ENV]
 
 
-def compile_model(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_model(model: torch.nn.Module, device: torch.device, *,
+                  cuda_graphs: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """``torch.compile`` an inference model for fixed input shapes, with the on-disk cache on.
 
     CUDA: mode ``reduce-overhead`` (inductor kernels replayed as CUDA graphs). A CUDA graph's
     outputs live in memory the next call overwrites, so the caller must clone what it keeps
-    (:func:`uses_cuda_graphs`). Elsewhere: the default mode. Shapes are static
+    (:func:`uses_cuda_graphs`). Elsewhere, and with ``cuda_graphs=False`` (a model called from
+    threads of its own: torch replays a CUDA graph only on the thread that set up its CUDA-graph
+    trees, pytorch/pytorch#123177): the default mode. Shapes are static
     (``dynamic=False``): each batch shape compiles once, so callers pad to one batch size.
     ``fullgraph=True``: a graph break or the recompile limit raises (:func:`compile_fallbacks`)
     rather than running parts eagerly unnoticed.
     """
     configure_compile_cache()
-    mode = "reduce-overhead" if uses_cuda_graphs(device) else None
+    mode = "reduce-overhead" if cuda_graphs and uses_cuda_graphs(device) else None
     return torch.compile(model, dynamic=False, mode=mode, fullgraph=True)
 
 

@@ -108,6 +108,8 @@ class Eraser:
         # batch shape, so batches are padded to ``batch_size`` when it is on.
         self.batch_size = batch_size
         self.compiled = compile
+        # CUDA graphs under compile (CUDA devices); off for replicas on threads (:meth:`without_cuda_graphs`)
+        self.cuda_graphs = uses_cuda_graphs(device)
         self._forward = self._make_forward()
         self._input: torch.Tensor | None = None  # the compiled model's one input buffer (:meth:`_compiled_input`)
         # what the compiled model raises where dynamo would otherwise run it eagerly unnoticed
@@ -126,6 +128,8 @@ class Eraser:
         prepare = getattr(self.model, "prepare", None)
         if callable(prepare):
             prepare(self.resolution, dtypes=(weights_dtype(self.dtype, self.autocast), self.dtype))
+        if uses_cuda_graphs(self.device) and not self.cuda_graphs:
+            return compile_model(self.model, self.device, cuda_graphs=False)
         return compile_model(self.model, self.device)
 
     @classmethod
@@ -163,7 +167,7 @@ class Eraser:
         n = batch.shape[0]
         if self.compiled:
             batch = self._compiled_input(batch)
-        graphs = self.compiled and uses_cuda_graphs(self.device)
+        graphs = self.compiled and self.cuda_graphs
         with inference_context(self.device, self.dtype, autocast=self.autocast):
             if graphs:
                 mark_compiled_step(self.device)
@@ -194,6 +198,17 @@ class Eraser:
         self._compile_errors = ()
         why = why or f"out of memory under compile on {self.device}"
         warnings.warn(f"{why}: it goes on without compile", BenWarning, stacklevel=2)
+
+    def without_cuda_graphs(self) -> None:
+        """Compile without CUDA graphs from now on (before :meth:`warm_up`), for a replica that runs on
+        a thread of its own: torch replays a CUDA graph only on the thread that set up its CUDA-graph
+        trees (pytorch/pytorch#123177), elsewhere it fails an assertion. Inductor's kernels stay."""
+        if self.cuda_graphs:
+            self.cuda_graphs = False
+            self.settings["cuda_graphs"] = False
+            if self.compiled:
+                self._forward = self._make_forward()
+                self._input = None
 
     def warm_up(self) -> None:
         """Compile now (one forward of a zero batch of the compiled shape), not on the first batch."""
@@ -352,6 +367,8 @@ class Eraser:
                           batch_size=self.batch_size, refiner=self.refiner.replicate(device),
                           max_refine_side=self.max_refine_side, mean=self.mean, std=self.std,
                           settings={**self.settings, "device": str(device)}, autocast=self.autocast)
+        if not self.cuda_graphs:
+            twin.without_cuda_graphs()
         if self._fallback is not None:
             twin._fallback = copy_to_device(self._fallback, device)
         return twin
@@ -380,7 +397,9 @@ def load_erasers(options: InferenceOptions) -> list[Eraser]:
     One device: ``[Eraser.from_options(options)]``. Several: the weights are read once, onto
     the first device, and :meth:`Eraser.replicate` copies the model to each other device;
     each Eraser's ``settings["device"]`` names its own device. With ``compile`` every replica
-    is compiled here (:meth:`Eraser.warm_up`), under a recompile limit that fits them all.
+    is compiled here (:meth:`Eraser.warm_up`), under a recompile limit that fits them all; several
+    replicas run on threads of their own, so they compile without CUDA graphs
+    (:meth:`Eraser.without_cuda_graphs`), said once.
     """
     devices = resolve_devices(options.device)
     if options.compile:
@@ -389,6 +408,11 @@ def load_erasers(options: InferenceOptions) -> list[Eraser]:
         erasers = [Eraser.from_options(options)]
     else:
         first = Eraser.from_options(options.replace(device=str(devices[0])))
+        if options.compile and first.cuda_graphs:
+            first.without_cuda_graphs()
+            warnings.warn(f"{{opt:compile}} on {len(devices)} devices: each replica runs on a thread of its own, "
+                          "so they compile without CUDA graphs (torch replays a CUDA graph only on the thread "
+                          "that recorded it)", BenWarning, stacklevel=2)
         erasers = [first, *(first.replicate(device) for device in devices[1:])]
     for eraser in erasers:  # with --compile, each replica compiles here, one after another, before any batch
         eraser.warm_up()

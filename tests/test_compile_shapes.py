@@ -130,3 +130,107 @@ def test_a_model_dynamo_gives_up_on_runs_eagerly_and_says_so(tiny_model, monkeyp
     with pytest.warns(BenWarning, match="torch.compile gave up"):
         got = eraser.base(rgb)
     assert torch.equal(got, eager.base(rgb)) and not eraser.compiled
+
+
+def test_compiled_replicas_on_their_own_threads_replay_no_cuda_graph(tiny_checkpoint, monkeypatch, tmp_path,
+                                                                    one_torch_thread):
+    """Several replicas run on threads of their own, and torch replays a CUDA graph only on the thread that
+    recorded it (pytorch/pytorch#123177): they compile without CUDA graphs, said once, and a run through
+    two of them fails no image. The stand-in compile plays CUDA graphs' rule: called from a thread other
+    than the one that first called it, a graph-replaying model fails as torch 2.11 does."""
+    import threading
+
+    from ben_cli.engines.local import BatchRun
+    from ben_cli.errors import BenWarning
+    from ben_cli.options import InferenceOptions
+    from ben_cli.plan import Job
+
+    asked: list[bool] = []
+
+    def compile_model(model, device, *, cuda_graphs=True):
+        asked.append(cuda_graphs)
+        owner: list[int] = []
+
+        def compiled(x):
+            owner.append(owner[0] if owner else threading.get_ident())
+            if cuda_graphs:
+                assert owner[0] == threading.get_ident(), "cudagraph trees: no state in this thread"
+            return model(x)
+        return compiled
+
+    monkeypatch.setattr(pipeline, "compile_model", compile_model)
+    monkeypatch.setattr(pipeline, "uses_cuda_graphs", lambda device: True)
+    monkeypatch.setattr(pipeline, "mark_compiled_step", lambda device: None)
+    options = InferenceOptions(model="tiny", weights=tiny_checkpoint, device="cpu,cpu", compile=True,
+                               resolution=256, batch_size=1, refiner="none")
+    with pytest.warns(BenWarning, match="without CUDA graphs") as caught:
+        erasers = pipeline.load_erasers(options)
+    assert len([w for w in caught if "CUDA graphs" in str(w.message)]) == 1
+    assert len(erasers) == 2 and not any(e.cuda_graphs for e in erasers) and all(e.compiled for e in erasers)
+    assert asked.count(False) == 2  # torch.compile is lazy: a graph-replaying wrapper made first is never called
+    assert all(e.settings["cuda_graphs"] is False for e in erasers)
+
+    images = _images(4)
+    jobs = [Job(source=f"m{i}.png", label=f"m{i}.png", outputs={"cutout": tmp_path / f"m{i}.png"}) for i in range(4)]
+    monkeypatch.setattr("ben_cli.engines.local.read_job", lambda job, side: (_loaded(images[int(job.label[1])]),
+                                                                             images[int(job.label[1])]))
+    monkeypatch.setattr("ben_cli.engines.local.write_outputs", lambda job, *a, **k: [str(job.outputs["cutout"])])
+    run = BatchRun(jobs, lambda: erasers, batch_size=1)
+    run.execute()
+    assert [r.status for r in run.results] == ["done"] * 4, [r.error for r in run.results]
+
+
+def test_two_compiled_replicas_run_on_two_threads(tiny_checkpoint, compile_counter, monkeypatch, tmp_path,
+                                                  one_torch_thread):
+    """Dynamo-compiled replicas (a real trace, a counting backend) predict on their replica threads."""
+    import threading
+
+    from ben_cli.engines.local import BatchRun
+    from ben_cli.options import InferenceOptions
+    from ben_cli.plan import Job
+
+    options = InferenceOptions(model="tiny", weights=tiny_checkpoint, device="cpu,cpu", compile=True,
+                               resolution=256, batch_size=2, refiner="none")
+    erasers = pipeline.load_erasers(options)
+    images = _images(6)
+    jobs = [Job(source=f"m{i}.png", label=f"m{i}.png", outputs={"cutout": tmp_path / f"m{i}.png"}) for i in range(6)]
+    monkeypatch.setattr("ben_cli.engines.local.read_job", lambda job, side: (_loaded(images[int(job.label[1])]),
+                                                                             images[int(job.label[1])]))
+    monkeypatch.setattr("ben_cli.engines.local.write_outputs", lambda job, *a, **k: [str(job.outputs["cutout"])])
+    callers: list[str] = []
+
+    def on_thread(forward):
+        return lambda x: callers.append(threading.current_thread().name) or forward(x)
+
+    for eraser in erasers:
+        eraser._forward = on_thread(eraser._forward)
+    run = BatchRun(jobs, lambda: erasers, batch_size=2)
+    run.execute()
+    assert [r.status for r in run.results] == ["done"] * 6, [r.error for r in run.results]
+    assert len(callers) == 3 and all(name.startswith("ben-model-") for name in callers)
+    assert all(e.compiled for e in erasers)
+
+
+def test_one_device_keeps_cuda_graphs(tiny_checkpoint, monkeypatch, one_torch_thread):
+    """One replica runs on the thread that compiled it: CUDA graphs stay (where the device has them)."""
+    asked: list[bool] = []
+
+    def compile_model(model, device, *, cuda_graphs=True):
+        asked.append(cuda_graphs)
+        return model
+
+    from ben_cli.options import InferenceOptions
+
+    monkeypatch.setattr(pipeline, "compile_model", compile_model)
+    monkeypatch.setattr(pipeline, "uses_cuda_graphs", lambda device: True)
+    monkeypatch.setattr(pipeline, "mark_compiled_step", lambda device: None)
+    options = InferenceOptions(model="tiny", weights=tiny_checkpoint, device="cpu", compile=True,
+                               resolution=256, batch_size=1, refiner="none")
+    (eraser,) = pipeline.load_erasers(options)
+    assert eraser.cuda_graphs and asked == [True]
+
+
+def _loaded(rgb: np.ndarray):
+    from ben_cli.io import LoadedImage
+
+    return LoadedImage(path="stand-in.png", rgb=rgb, alpha=None, mode="RGB")
