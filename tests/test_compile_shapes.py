@@ -142,7 +142,6 @@ def test_compiled_replicas_on_their_own_threads_replay_no_cuda_graph(tiny_checkp
 
     from ben_cli.engines.local import BatchRun
     from ben_cli.errors import BenWarning
-    from ben_cli.options import InferenceOptions
     from ben_cli.plan import Job
 
     asked: list[bool] = []
@@ -158,11 +157,7 @@ def test_compiled_replicas_on_their_own_threads_replay_no_cuda_graph(tiny_checkp
             return model(x)
         return compiled
 
-    monkeypatch.setattr(pipeline, "compile_model", compile_model)
-    monkeypatch.setattr(pipeline, "uses_cuda_graphs", lambda device: True)
-    monkeypatch.setattr(pipeline, "mark_compiled_step", lambda device: None)
-    options = InferenceOptions(model="tiny", weights=tiny_checkpoint, device="cpu,cpu", compile=True,
-                               resolution=256, batch_size=1, refiner="none")
+    options = _as_if_cuda_graphs(monkeypatch, compile_model, tiny_checkpoint, "cpu,cpu")
     with pytest.warns(BenWarning, match="without CUDA graphs") as caught:
         erasers = pipeline.load_erasers(options)
     assert len([w for w in caught if "CUDA graphs" in str(w.message)]) == 1
@@ -219,15 +214,21 @@ def test_one_device_keeps_cuda_graphs(tiny_checkpoint, monkeypatch, one_torch_th
         asked.append(cuda_graphs)
         return model
 
+    options = _as_if_cuda_graphs(monkeypatch, compile_model, tiny_checkpoint, "cpu")
+    (eraser,) = pipeline.load_erasers(options)
+    assert eraser.cuda_graphs and asked == [True]
+
+
+def _as_if_cuda_graphs(monkeypatch, compile_model, weights, device: str):
+    """``compile_model`` in place of the pipeline's, on a device treated as one with CUDA graphs; the
+    compiled tiny model's options on ``device``."""
     from ben_cli.options import InferenceOptions
 
     monkeypatch.setattr(pipeline, "compile_model", compile_model)
     monkeypatch.setattr(pipeline, "uses_cuda_graphs", lambda device: True)
     monkeypatch.setattr(pipeline, "mark_compiled_step", lambda device: None)
-    options = InferenceOptions(model="tiny", weights=tiny_checkpoint, device="cpu", compile=True,
-                               resolution=256, batch_size=1, refiner="none")
-    (eraser,) = pipeline.load_erasers(options)
-    assert eraser.cuda_graphs and asked == [True]
+    return InferenceOptions(model="tiny", weights=weights, device=device, compile=True, resolution=256,
+                            batch_size=1, refiner="none")
 
 
 def _loaded(rgb: np.ndarray):
