@@ -6,6 +6,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 
@@ -107,6 +108,50 @@ def slow_precision_warning(device: torch.device, dtype: torch.dtype) -> str | No
     name = dtype_name(dtype)
     return (f"{name} on the CPU without native {name} kernels (this one has none) is many times slower than fp32 "
             "and no more accurate; use {opt:precision} fp32")
+
+
+class CudaMath(NamedTuple):
+    """How CUDA computes for inference; see :func:`cuda_math`."""
+
+    tf32: bool  # fp32 matrix products and convolutions on TF32 tensor cores (10-bit mantissa)
+    cudnn_benchmark: bool  # cuDNN times its convolution algorithms once per shape and keeps the fastest
+
+
+def cuda_math(device: torch.device, dtype: torch.dtype) -> CudaMath | None:
+    """The CUDA math settings for inference on ``device`` in ``dtype``; None off CUDA (nothing to set).
+
+    TF32 off, whatever ``dtype``: fp32 promises the official output within 1e-6, and TF32 rounds
+    the inputs of every fp32 matrix product and convolution to a 10-bit mantissa (about 1e-3
+    relative error each; torch's own default already does so for cuDNN convolutions). It only
+    touches fp32 work, which in fp16/bf16 is the fp32 overflow fallback: kept true fp32 too.
+    cuDNN benchmark on: input shapes are fixed (one resolution, one batch size), so the one-time
+    search per shape pays off; it changes the algorithm, not the precision (results may differ
+    in the last bits from another algorithm's, run to run they are the same per choice).
+    """
+    if device.type != "cuda":
+        return None
+    return CudaMath(tf32=False, cudnn_benchmark=True)
+
+
+def configure_cuda_math(device: torch.device, dtype: torch.dtype) -> CudaMath | None:
+    """Apply :func:`cuda_math` to this process's torch backends (global flags; nothing off CUDA).
+
+    torch 2.9+ has ``fp32_precision`` (``"ieee"``/``"tf32"``) per backend and refuses mixing it with
+    the older ``allow_tf32`` flags, so the newer one is used where it exists. Touches no CUDA context.
+    """
+    math = cuda_math(device, dtype)
+    if math is None:
+        return None
+    precision = "tf32" if math.tf32 else "ieee"
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        matmul.fp32_precision = precision
+        conv.fp32_precision = precision
+    else:
+        matmul.allow_tf32 = math.tf32
+        torch.backends.cudnn.allow_tf32 = math.tf32
+    torch.backends.cudnn.benchmark = math.cudnn_benchmark
+    return math
 
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"

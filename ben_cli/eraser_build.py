@@ -1,6 +1,6 @@
 """What an :class:`~ben_cli.pipeline.Eraser` is built from, loaded from :class:`InferenceOptions`.
 
-:func:`load_parts` resolves the device and dtype, tunes the CPU allocator, warns about a slow
+:func:`load_parts` resolves the device and dtype, tunes the CPU allocator or CUDA's math, warns about a slow
 precision, starts the CUDA context while the checkpoint is read, finds and reads the weights
 and builds the refine stage (:func:`build_refiner`). It returns an :class:`EraserParts`;
 :meth:`ben_cli.pipeline.Eraser.from_options` builds the Eraser from it (this module does not
@@ -19,6 +19,7 @@ import torch
 from ben_cli.checkpoints import load as checkpoint_load  # looked up per call: tests patch read_checkpoint
 from ben_cli.checkpoints.weights import find_refiner_weights, find_weights
 from ben_cli.device import (
+    configure_cuda_math,
     init_device_async,
     keep_cpu_memory,
     resolve_device,
@@ -71,6 +72,7 @@ def load_parts(options: InferenceOptions, *, stacklevel: int = 2) -> EraserParts
     dtype = resolve_dtype(options.precision.value, device)
     if device.type == "cpu":
         keep_cpu_memory()
+    configure_cuda_math(device, dtype)  # true fp32, cuDNN benchmark (nothing off CUDA)
     slow = slow_precision_warning(device, dtype)
     if slow:
         warnings.warn(slow, BenWarning, stacklevel=stacklevel + 1)

@@ -89,6 +89,33 @@ def test_fast_head_ops_equal_the_plain_ops(shape):
             assert (conv3x3_then_downscale(big, shallow, f) - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 3, 1, 1), (3, 4, 6, 2)])
+def test_conv_after_up2_equals_the_plain_op_with_gradients(shape, bias, channels_last):
+    """One strided copy lays the four phases out: values, layout and gradients as the plain op."""
+    import torch.nn.functional as F
+
+    from ben_cli.models.ben import conv3x3_after_up2
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(shape[1], 5, 3, padding=1, bias=bias)
+    x = torch.randn(*shape)
+    if channels_last:  # the strided view reads the conv output's own strides
+        x = x.to(memory_format=torch.channels_last)
+    weights = torch.randn(shape[0], 5, 2 * shape[2], 2 * shape[3])
+    grads = []
+    for op in (lambda t: conv3x3_after_up2(t, conv), lambda t: conv(F.interpolate(t, scale_factor=2.0))):
+        conv.zero_grad()
+        t = x.clone().requires_grad_(True)
+        out = op(t)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), t.grad, conv.weight.grad))
+    assert grads[0][0].is_contiguous() and grads[0][0].shape == grads[1][0].shape
+    for got, want in zip(*grads):
+        assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
 def test_for_inference_drops_drop_path_and_keeps_the_output():
     from timm.layers import DropPath
 

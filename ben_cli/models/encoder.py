@@ -6,7 +6,9 @@ first, then pads). At 512x512 crops the grid is 128x128, not a multiple of the
 12-token window, so the order changes the features. ``PadThenShiftBlock``
 overrides timm's attention step to pad first, then roll, with the shift mask
 built on the padded grid. Windows stay 12 and shifts 6 in every stage whatever
-the input size (``always_partition=True``).
+the input size (``always_partition=True``). Its window attention adds the
+relative position bias and the shift mask as one (nW, heads, N, N) bias that
+broadcasts over the batch, where timm's expands the mask to every image.
 
 Outputs are the five feature maps BEN's decoder uses: the patch embedding and
 the four stage outputs, each stage output with its own LayerNorm.
@@ -38,7 +40,7 @@ class PadThenShiftBlock(SwinTransformerBlock):
 
     Padding, the cyclic shift and the window partition are one gather with a
     precomputed index (and the way back one more), instead of six full copies.
-    The gather plans are cached per block, keyed by (H, W, device, dtype), in a
+    The gather plans and shift masks are cached per block, keyed by (H, W, device, dtype), in a
     cache that is safe to share between threads (:func:`~ben_cli.models.cache.module_cache`).
     """
 
@@ -47,9 +49,49 @@ class PadThenShiftBlock(SwinTransformerBlock):
         B, H, W, C = x.shape
         fwd, inv, mask = self.layout(H, W, x.device, x.dtype)
         flat = F.pad(x.reshape(B, H * W, C), (0, 0, 0, 1))  # row H*W is the zero padding
-        windows = flat.index_select(1, fwd).view(-1, self.window_area, C)
-        windows = self.attn(windows, mask=mask)
+        windows = flat.index_select(1, fwd).view(B, -1, self.window_area, C)
+        windows = self.window_attention(windows, mask)
         return windows.view(B, -1, C).index_select(1, inv).view(B, H, W, C)
+
+    def window_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """timm's ``WindowAttention.forward`` (same weights, same ``fused_attn`` switch) on windows
+        grouped by image, with the bias broadcast over the batch instead of expanded per image.
+
+        x: (B, nW, N, C) windows; mask: (nW, N, N) of 0 / -100 or None -> (B, nW, N, C).
+
+        The bias, relative position bias plus shift mask, is (nW, heads, N, N): 1/B of timm's
+        (B*nW, heads, N, N) per shifted block (about 7 GB written and read per batch of 16 at
+        1024x1024 in timm). Its position part is gathered from the parameter table in every call
+        (a gather of heads*N*N values and one add), not cached: training changes the table, and a
+        cached copy would go stale or hold a graph. Fused: shifted windows go to
+        ``scaled_dot_product_attention`` as (B, nW*heads, N, d), so its 4-D kernels take the bias
+        as (1, nW*heads, N, N) broadcast over the batch (q, k and v are copied once into that
+        layout: 3*N*C values per window against the heads*N*N of an expanded mask).
+        """
+        attn = self.attn
+        B, nW, N, _ = x.shape
+        heads = attn.num_heads
+        bias = relative_position_bias(attn.relative_position_bias_table, attn.relative_position_index)
+        if mask is not None:
+            bias = bias + mask[:, None]  # (nW, heads, N, N)
+        qkv = attn.qkv(x).view(B, nW, N, 3, heads, -1)
+        d = qkv.shape[-1]
+        if attn.fused_attn:
+            dropout = attn.attn_drop.p if attn.training else 0.0
+            if mask is None:  # the (heads, N, N) bias broadcasts over all B*nW windows as it is
+                q, k, v = qkv.view(B * nW, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+                bias = bias[None]
+            else:
+                q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, B, nW * heads, N, d).unbind(0)
+                bias = bias.view(1, nW * heads, N, N)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout)
+            out = out.view(B, nW, heads, N, d)
+        else:
+            q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, nW, heads, N, d)
+            scores = (q * attn.scale) @ k.transpose(-2, -1) + bias
+            out = attn.attn_drop(attn.softmax(scores)) @ v
+        out = out.transpose(2, 3).reshape(B, nW, N, heads * d)
+        return attn.proj_drop(attn.proj(out))
 
     def layout(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Layout:
         """The gather plan for an (H, W) token grid on ``device`` in ``dtype``, from the cache or built once."""
@@ -65,6 +107,16 @@ class PadThenShiftBlock(SwinTransformerBlock):
                 Hp, Wp = _padded(H, self.window_size[0]), _padded(W, self.window_size[1])
                 mask = self.get_attn_mask(torch.zeros(1, Hp, Wp, 1, device=device, dtype=dtype))
         return Layout(fwd, inv, mask)
+
+
+def relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Swin's relative position bias of every query/key pair of a window, as timm gathers it.
+
+    table: ((2*Wh-1)*(2*Ww-1), heads); index: (N, N) int64 rows of ``table``, N = Wh*Ww
+    -> (heads, N, N) in the table's dtype (differentiable in ``table``).
+    """
+    N = index.shape[0]
+    return table[index.view(-1)].view(N, N, -1).permute(2, 0, 1).contiguous()
 
 
 def _padded(n: int, window: int) -> int:
