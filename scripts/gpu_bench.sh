@@ -97,7 +97,7 @@ if [ $DRY = 1 ]; then
   BLOCK=$WORK/absent
   mkdir -p "$BLOCK"
   for m in hypothesis ray pymatting av py_sod_metrics pillow_heif; do
-    echo "raise ImportError('$m is not on the GPU machine (gpu_bench.sh --dry-run)')" >"$BLOCK/$m.py"
+    echo "raise ModuleNotFoundError('$m is not on the GPU machine (gpu_bench.sh --dry-run)', name='$m')" >"$BLOCK/$m.py"
   done
 else
   WEIGHTS=$W/ref_seed0.pth
