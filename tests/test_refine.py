@@ -336,6 +336,7 @@ def test_full_resolution_sharpens_an_upsampled_edge() -> None:
     assert (refine_full_resolution(chw, low, get_refiner("matting"), tile=64) - out).abs().max() < 1e-5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     image, prob, trimap = _random_case()
