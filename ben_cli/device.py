@@ -408,3 +408,28 @@ def release_cached_memory(device: torch.device) -> None:
 def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
     """Make ``device`` this thread's current CUDA device for the block (a no-op elsewhere)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- ordering host and device work
+
+
+def record_event(device: torch.device) -> torch.cuda.Event | None:
+    """A CUDA event recorded on ``device``'s current stream (the work queued so far); None elsewhere,
+    where work is done when the call that queued it returns."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+def wait_event(event: torch.cuda.Event | None) -> None:
+    """Block this host thread until the work before ``event`` is done (a no-op for None)."""
+    if event is not None:
+        event.synchronize()
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An empty host tensor for copies to and from ``device``: page-locked when it is a CUDA device
+    (copies that do not block the host), ordinary memory elsewhere."""
+    return torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")

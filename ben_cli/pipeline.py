@@ -22,18 +22,15 @@ what it loads). Resizing to the model side (Lanczos, as the official pipeline) i
 from __future__ import annotations
 
 import contextlib
-import copy
-import itertools
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ben_cli.compose import alpha_to_uint8, resize_alpha
+from ben_cli.compose import resize_alpha
 from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD, TrimapConfig
 from ben_cli.device import (
     allow_recompiles,
@@ -48,11 +45,13 @@ from ben_cli.device import (
 )
 from ben_cli.eraser_build import build_refiner, load_parts, resolve_options
 from ben_cli.errors import BenWarning
-from ben_cli.models.replica import copy_to_device
+from ben_cli.models.replica import copy_to_device, inference_copy
 from ben_cli.options import InferenceOptions, check_resolution
+from ben_cli.prediction import Flight, Prediction, predictions, result_parts
 from ben_cli.refine import NoRefiner, RefineStage, trimap_from_prob
 from ben_cli.refine.tiles import refine_full_resolution
 from ben_cli.resize import resize_for_model
+from ben_cli.staging import Download, Downloads, Uploads
 from ben_cli.trimap import confidence_trimap
 
 StageTimer = Callable[[str], contextlib.AbstractContextManager[Any]]
@@ -60,19 +59,6 @@ StageTimer = Callable[[str], contextlib.AbstractContextManager[Any]]
 FINISH_STAGES: tuple[str, ...] = ("trimap", "refine", "resize")
 """The stages of :meth:`Eraser.finish`, in order: the confidence trimap (when needed), the refine stage
 (at the working side, and tiled at full size for images larger than it), alphas back to each image's size."""
-
-
-@dataclass
-class Prediction:
-    """One image's result at its own size (H, W).
-
-    ``alpha``: uint8 in [0, 255], the refined matte; ``trimap``: uint8 {0, 128, 255}
-    or None when not asked for; ``refiner``: the refiner that produced ``alpha``.
-    """
-
-    alpha: np.ndarray
-    trimap: np.ndarray | None = None
-    refiner: str = "none"
 
 
 class Eraser:
@@ -115,6 +101,8 @@ class Eraser:
         # what the compiled model raises where dynamo would otherwise run it eagerly unnoticed
         self._compile_errors: tuple[type[BaseException], ...] = compile_fallbacks() if compile else ()
         self._fallback: torch.nn.Module | None = None  # fp32 weights, made on the first fp16 overflow
+        # reused host buffers: batch k+1 is staged and uploaded while batch k's results download
+        self._uploads, self._downloads = Uploads(device), Downloads(device)
         self.settings: dict[str, Any] = {
             "resolution": self.resolution, "device": str(device), "precision": dtype_name(dtype),
             "autocast": self.autocast, "refiner": self.refiner.name, **(settings or {}),
@@ -150,19 +138,27 @@ class Eraser:
     def preprocess(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
         """Model-side images (S, S, 3) uint8 -> (B, 3, S, S) float32 in [0, 1] on the device.
 
-        The uint8 batch crosses to a GPU from pinned memory without blocking (4x fewer bytes
-        than float32); the conversion to float runs on the device.
+        The uint8 batch crosses to a GPU from a reused pinned buffer without blocking (4x fewer
+        bytes than float32, :class:`ben_cli.staging.Uploads`); the conversion to float runs there.
         """
-        x = torch.from_numpy(np.stack(resized))
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True)
-        return x.permute(0, 3, 1, 2).float().div_(255.0)
+        return self._uploads.upload(resized).permute(0, 3, 1, 2).float().div_(255.0)
 
     def base(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float in [0, 1] -> base logits (B, 1, S, S) float32 (normalised here, in float32,
-        then fed in the weights' dtype)."""
-        normed = (rgb - self.mean) / self.std
+        then fed in the weights' dtype). A batch whose fp16 forward overflowed runs again in fp32
+        (:meth:`_overflow_fallback`): that check waits for the device; :meth:`launch` does not."""
+        logits, overflowed = self._logits(rgb)
+        if overflowed is not None and bool(overflowed):
+            return self._overflow_fallback(self._normalise(rgb))
+        return logits
+
+    def _normalise(self, rgb: torch.Tensor) -> torch.Tensor:
+        return (rgb - self.mean) / self.std
+
+    def _logits(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`base` without waiting: the logits, and for fp16 weights a () bool tensor on the device,
+        True when the forward overflowed (inf/NaN), else None."""
+        normed = self._normalise(rgb)
         batch = normed.to(weights_dtype(self.dtype, self.autocast))
         n = batch.shape[0]
         if self.compiled:
@@ -175,12 +171,13 @@ class Eraser:
                 raw = self._forward(batch)[:n]
             except self._compile_errors as e:
                 self.use_eager(f"torch.compile gave up on {self.device} ({type(e).__name__})")
-                return self.base(rgb)
+                return self._logits(rgb)
         logits = raw.float()
-        if self.dtype == torch.float16 and not self.autocast and not bool(torch.isfinite(logits).all()):
-            return self._overflow_fallback(normed)
+        overflowed = None
+        if self.dtype == torch.float16 and not self.autocast:
+            overflowed = ~torch.isfinite(logits).all()
         # A CUDA graph's output is overwritten by its next replay; float() returns a float32 tensor itself.
-        return logits.clone() if graphs and logits is raw else logits
+        return (logits.clone() if graphs and logits is raw else logits), overflowed
 
     def use_eager(self, why: str | None = None) -> None:
         """Run the model eagerly from now on, saying ``why`` once (a no-op when it is not compiled).
@@ -278,17 +275,13 @@ class Eraser:
     def postprocess(self, alphas: Sequence[torch.Tensor], trimap: torch.Tensor | None,
                     sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
         """Per-image alpha (1, 1, H, W) in [0, 1] and the working trimap -> uint8 arrays at each (H, W)."""
-        out = []
-        for i, (h, w) in enumerate(sizes):
-            a = alpha_to_uint8(alphas[i])[0, 0]
-            tri = None
-            if trimap is not None:
-                t = torch.nn.functional.interpolate(trimap[i : i + 1].float(), size=(h, w), mode="nearest")
-                tri = t.to(torch.uint8)[0, 0].cpu().numpy()
-            out.append(Prediction(a.cpu().numpy(), tri, self.refiner.name))
-        return out
+        arrays = self._download(alphas, trimap, sizes, None).arrays()
+        return predictions(arrays, trimap is not None, self.refiner.name)
 
-    # ------------------------------------------------------------------ whole pipeline
+    def _download(self, alphas: Sequence[torch.Tensor], trimap: torch.Tensor | None,
+                  sizes: Sequence[tuple[int, int]], overflowed: torch.Tensor | None) -> Download:
+        """:func:`ben_cli.prediction.result_parts` in one download to the host (:class:`ben_cli.staging.Downloads`)."""
+        return self._downloads.download(result_parts(alphas, trimap, sizes, overflowed))
 
     def finish(self, images: Sequence[np.ndarray], prob: torch.Tensor,
                rgb: torch.Tensor | Sequence[np.ndarray], *, want_trimap: bool = False,
@@ -333,12 +326,37 @@ class Eraser:
         """RGB uint8 images (H, W, 3) of any sizes -> alpha (and trimap) at each image's size.
 
         ``resized``: the same images already at the model side (the batch runner
-        resizes in its reader threads).
+        resizes in its reader threads). :meth:`collect` of :meth:`launch`.
         """
         if not images:
             return []
-        alphas, trimap = self._alphas(images, resized, want_trimap)
-        return self.postprocess(alphas, trimap, [im.shape[:2] for im in images])
+        return self.collect(self.launch(images, resized=resized, want_trimap=want_trimap))
+
+    def launch(self, images: Sequence[np.ndarray], *, resized: Sequence[np.ndarray] | None = None,
+               want_trimap: bool = False) -> Flight:
+        """Queue a batch's whole device work (upload, base, trimap, refine, resize, one download) and
+        return without waiting for it, so the caller can stage the next batch meanwhile.
+
+        No host sync on the way where the refiner needs none (the tiled full-size refine of images
+        larger than the working side reads which tiles hold gray pixels: one sync per such image).
+        """
+        if resized is None:
+            resized = [resize_for_model(im, self.resolution) for im in images]
+        rgb = self.preprocess(resized)
+        logits, overflowed = self._logits(rgb)
+        alphas, trimap = self.finish(images, torch.sigmoid(logits), rgb, want_trimap=want_trimap)
+        download = self._download(alphas, trimap, [im.shape[:2] for im in images], overflowed)
+        return Flight(images, resized, want_trimap, rgb, download)
+
+    def collect(self, flight: Flight) -> list[Prediction]:
+        """Wait for a launched batch (one wait) -> one :class:`Prediction` per image. A batch whose fp16
+        forward overflowed runs again here, in fp32 (:meth:`_overflow_fallback`)."""
+        arrays = flight.download.arrays()
+        if not arrays[-1][0]:
+            return predictions(arrays, flight.want_trimap, self.refiner.name)
+        prob = torch.sigmoid(self._overflow_fallback(self._normalise(flight.rgb)))
+        alphas, trimap = self.finish(flight.images, prob, flight.rgb, want_trimap=flight.want_trimap)
+        return self.postprocess(alphas, trimap, [im.shape[:2] for im in flight.images])
 
     def predict_alpha(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """RGB uint8 images -> float32 alpha (H, W) in [0, 1] at each image's size (for evaluation)."""
@@ -379,18 +397,6 @@ def _untimed(name: str) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
-def inference_copy(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """``model`` on ``device`` with its floating-point parameters and buffers in ``dtype``.
-
-    When any of them is in another dtype, a copy is cast (a caller who keeps using its float32
-    model is not handed a half-precision one); otherwise the model itself is moved.
-    """
-    tensors = itertools.chain(model.parameters(), model.buffers())
-    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
-        model = copy.deepcopy(model)
-    return model.to(device=device, dtype=dtype)
-
-
 def load_erasers(options: InferenceOptions) -> list[Eraser]:
     """One Eraser per device of ``options.device`` (:func:`ben_cli.device.resolve_devices`).
 
@@ -419,4 +425,5 @@ def load_erasers(options: InferenceOptions) -> list[Eraser]:
     return erasers
 
 
-__all__ = ["FINISH_STAGES", "Eraser", "Prediction", "StageTimer", "build_refiner", "inference_copy", "load_erasers"]
+__all__ = ["FINISH_STAGES", "Eraser", "Flight", "Prediction", "StageTimer", "build_refiner", "inference_copy",
+           "load_erasers"]

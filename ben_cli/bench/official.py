@@ -13,7 +13,8 @@ from PIL import Image
 
 from ben_cli.bench.report import Official, median_measure
 from ben_cli.device import synchronize
-from ben_cli.pipeline import Eraser, inference_copy
+from ben_cli.models.replica import inference_copy
+from ben_cli.pipeline import Eraser
 
 
 def official_image(model: torch.nn.Module, path: Path, out: Path, *, device: torch.device, side: int,

@@ -31,9 +31,11 @@ from typing import Any
 from ben_cli.engines.results import FileResult, Results
 from ben_cli.engines.steps import (
     Item,
+    Launched,
+    collect_each,
     failure,
+    launch_each,
     lowered_batch_size,
-    predict_each,
     read_job,
 )
 from ben_cli.options import OutputOptions, VideoOptions
@@ -75,6 +77,8 @@ class BatchRun(Results):
         self.video = video
         self.background = load_background(self.output)
         self._limits: list[int] = [self.batch_size]  # each replica's batch size, lowered on out of memory
+        # each replica's batch in flight: launched on the device, collected once the next one is launched
+        self._in_flight: list[tuple[list[Pending], Launched] | None] = [None]
         self._names: list[str] = []  # each replica's name in messages ("" with one replica)
         self._lock = threading.Lock()
         self._events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
@@ -98,6 +102,7 @@ class BatchRun(Results):
         if not self._batch_size_given:
             self.batch_size = max(1, erasers[0].batch_size)
         self._limits = [self.batch_size] * len(erasers)
+        self._in_flight = [None] * len(erasers)
         self._names = replica_names(erasers)
         self.on_event("loaded", seconds=self.load_seconds)
         self._pipeline([job for job in todo if not job.video], erasers)
@@ -140,6 +145,7 @@ class BatchRun(Results):
         readers = ThreadPoolExecutor(self.workers, thread_name_prefix="ben-read")
         writers = ThreadPoolExecutor(self.workers, thread_name_prefix="ben-write")
         replicas = _Replicas(erasers, lambda i, batch: self._run_batch(i, erasers[i], batch, writers),
+                             lambda i: self._settle(i, erasers[i], writers),
                              self._stopping) if len(erasers) > 1 else None
         reads: deque[tuple[Job, Future]] = deque()
         rows: deque[tuple[Job, Future[FileResult]]] = deque()  # every job's result to come, in input order
@@ -188,6 +194,10 @@ class BatchRun(Results):
                     record_ready(window)
             if batch:
                 dispatch(batch)
+            if replicas is None:
+                self._settle(0, erasers[0], writers)
+            else:
+                replicas.finish()
             record_ready(0)
         finally:
             self._stopping.set()  # replicas write nothing more
@@ -201,25 +211,44 @@ class BatchRun(Results):
                     self.record(fut.result())
 
     def _run_batch(self, index: int, eraser: Eraser, batch: list[Pending], writers: ThreadPoolExecutor) -> None:
-        """Predict ``batch`` on replica ``index`` in chunks of its batch size; settle each item's
-        future with its failure, or hand its outputs to the writers (which settle it)."""
+        """Launch ``batch`` on replica ``index`` in chunks of its batch size; each chunk is launched before
+        the one in flight is collected (:meth:`_settle`), so the host stages and uploads batch k+1 while
+        the device runs batch k, and waits once per batch."""
         pos = 0
         while pos < len(batch):
             chunk = batch[pos : pos + self._limits[index]]
             pos += len(chunk)
-            outcome = predict_each(eraser, [item for item, _ in chunk],
-                                   on_oom=lambda n: self._lower_batch_size(index, eraser, n))
-            for (_, result), (item, pred, error) in zip(chunk, outcome):
-                job, image, _resized = item
-                if self._stopping.is_set():  # interrupted while this batch ran: written by a later run
-                    result.cancel()
-                elif error is not None:
-                    reason, tb = failure(error, "running the model")
-                    result.set_result(FileResult(job.label, "failed", error=reason, traceback=tb))
-                else:
-                    write = writers.submit(write_outputs, job, image, pred, self.output, self.background,
-                                           device=finishing_device(eraser.device))
-                    write.add_done_callback(lambda w, job=job, result=result: _settle_write(job, w, result))
+            try:
+                launched = launch_each(eraser, [item for item, _ in chunk])
+            except BaseException as e:  # an interrupt: nothing of this chunk is written
+                _fail(chunk, e)
+                raise
+            self._settle(index, eraser, writers)
+            self._in_flight[index] = (chunk, launched)
+
+    def _settle(self, index: int, eraser: Eraser, writers: ThreadPoolExecutor) -> None:
+        """Collect replica ``index``'s batch in flight (if any): settle each item's future with its
+        failure, or hand its outputs to the writers (which settle it)."""
+        held, self._in_flight[index] = self._in_flight[index], None
+        if held is None:
+            return
+        chunk, launched = held
+        try:
+            outcome = collect_each(launched, on_oom=lambda n: self._lower_batch_size(index, eraser, n))
+        except BaseException as e:  # an interrupt while waiting: this batch is left to the next run
+            _fail(chunk, e)
+            raise
+        for (_, result), (item, pred, error) in zip(chunk, outcome):
+            job, image, _resized = item
+            if self._stopping.is_set():  # interrupted while this batch ran: written by a later run
+                result.cancel()
+            elif error is not None:
+                reason, tb = failure(error, "running the model")
+                result.set_result(FileResult(job.label, "failed", error=reason, traceback=tb))
+            else:
+                write = writers.submit(write_outputs, job, image, pred, self.output, self.background,
+                                       device=finishing_device(eraser.device))
+                write.add_done_callback(lambda w, job=job, result=result: _settle_write(job, w, result))
 
     def _lower_batch_size(self, index: int, eraser: Eraser, failed_at: int) -> None:
         """Replica ``index`` ran out of memory at ``failed_at`` images: halve its batch size."""
@@ -254,9 +283,10 @@ class _Replicas:
     batch when it is free. ``run(index, batch)`` predicts a batch on replica ``index``."""
 
     def __init__(self, erasers: Sequence[Eraser], run: Callable[[int, list[Pending]], None],
-                 stopping: threading.Event) -> None:
+                 settle: Callable[[int], None], stopping: threading.Event) -> None:
         self.queue: queue.Queue[list[Pending] | None] = queue.Queue(maxsize=len(erasers))
-        self.run, self.stopping = run, stopping
+        self.run, self.settle, self.stopping = run, settle, stopping
+        self.closed = False
         self.error: BaseException | None = None
         self.threads = [threading.Thread(target=self._serve, args=(i,), name=f"ben-model-{i}", daemon=True)
                         for i in range(len(erasers))]
@@ -267,8 +297,22 @@ class _Replicas:
         """Queue a batch; waits while every replica is busy and one batch already waits for each."""
         self.queue.put(batch)
 
+    def _next(self, index: int) -> list[Pending] | None:
+        """The next batch; when none waits, this replica's batch in flight is collected first (nothing to
+        overlap it with, and a result the main thread may be waiting for)."""
+        try:
+            return self.queue.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            self.settle(index)
+        except BaseException as e:  # an interrupt while waiting: stops the run
+            self.error = e
+        return self.queue.get()
+
     def _serve(self, index: int) -> None:
-        while (batch := self.queue.get()) is not None:
+        """Run batches until the queue's end; then collect this replica's last batch in flight."""
+        while (batch := self._next(index)) is not None:
             if self.error is not None or self.stopping.is_set():
                 _fail(batch, self.error)
                 continue
@@ -277,9 +321,27 @@ class _Replicas:
             except BaseException as e:  # an interrupt raised in the model: stops the run
                 self.error = e
                 _fail(batch, e)
+        try:
+            self.settle(index)
+        except BaseException as e:
+            self.error = e
+
+    def finish(self) -> None:
+        """After the last batch: let every replica run what is queued, collect its batch in flight, and end."""
+        if self.closed:
+            return
+        self.closed = True
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
 
     def close(self) -> None:
-        """Drop the queued batches and wait for the running ones (they write nothing once stopping)."""
+        """Drop the queued batches and wait for the running ones (they write nothing once stopping); each
+        replica collects its last batch in flight. Once: a second call returns at once."""
+        if self.closed:
+            return
+        self.closed = True
         while True:
             try:
                 batch = self.queue.get_nowait()

@@ -1,16 +1,17 @@
 """The per-file steps every engine runs, so that every engine reads, predicts and fails alike.
 
 :func:`missing_outputs` (skip what exists), :func:`read_job` (decode and resize to the
-model side), :func:`predict_each` (a batch through the Eraser; a failure retried one image
-at a time, so one bad image fails alone), :func:`failure` (the one-line reason of a
-per-file failure). Writing is :func:`ben_cli.output.write_outputs`.
+model side), :func:`launch_each` and :func:`collect_each` (a batch through the Eraser, queued
+and then waited for, so the next batch is staged meanwhile; a failure retried one image at a
+time, so one bad image fails alone; :func:`predict_each` does both at once), :func:`failure`
+(the one-line reason of a per-file failure). Writing is :func:`ben_cli.output.write_outputs`.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from ben_cli.device import device_guard, release_cached_memory
 from ben_cli.errors import InputError
 from ben_cli.io import LoadedImage, is_file, read_image
 from ben_cli.output import TRIMAP_KINDS
-from ben_cli.pipeline import Eraser, Prediction
+from ben_cli.pipeline import Eraser, Flight, Prediction
 from ben_cli.plan import Job
 from ben_cli.resize import resize_for_model
 
@@ -77,33 +78,71 @@ def wants_trimap(job: Job) -> bool:
     return not TRIMAP_KINDS.isdisjoint(job.outputs)
 
 
+@dataclass
+class Launched:
+    """A batch handed to the device (:func:`launch_each`): its device work queued, or the error that
+    stopped it; :func:`collect_each` waits for it."""
+
+    eraser: Eraser
+    items: Sequence[Item]
+    flight: Flight | None = None
+    done: list[Prediction] | None = None  # a stand-in Eraser without ``launch`` answered at once
+    error: Exception | None = None
+
+
+def launch_each(eraser: Eraser, batch: Sequence[Item]) -> Launched:
+    """Queue a batch's device work without waiting for it (:meth:`~ben_cli.pipeline.Eraser.launch`), with
+    the replica's device current. An error here is kept for :func:`collect_each`, which retries."""
+    want_trimap = any(wants_trimap(item[0]) for item in batch)
+    images, resized = [b[1].rgb for b in batch], [b[2] for b in batch]
+    with device_guard(eraser.device):
+        try:
+            if isinstance(eraser, Eraser):
+                return Launched(eraser, batch, flight=eraser.launch(images, resized=resized, want_trimap=want_trimap))
+            return Launched(eraser, batch, done=eraser.predict(images, resized=resized, want_trimap=want_trimap))
+        except Exception as e:
+            return Launched(eraser, batch, error=e)
+
+
+def collect_each(launched: Launched, on_oom: Callable[[int], None] | None = None,
+                 ) -> list[tuple[Item, Prediction | None, Exception | None]]:
+    """Wait for a launched batch; on failure retry its images one by one, so one bad image fails alone.
+
+    Returns (item, prediction or None, error or None) per item, in order. When the batch ran
+    out of memory, the device cache is freed and ``on_oom(len(batch))`` is called (the caller
+    lowers its batch size) before the one-by-one retry. Runs with the replica's device current.
+    """
+    eraser, batch = launched.eraser, launched.items
+    with device_guard(eraser.device):
+        error = launched.error
+        if error is None:
+            try:
+                preds = launched.done if launched.flight is None else eraser.collect(launched.flight)
+                return [(item, pred, None) for item, pred in zip(batch, preds or [])]
+            except Exception as e:
+                error = e
+        return _one_by_one(eraser, batch, error, on_oom)
+
+
 def predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int], None] | None = None,
                  ) -> list[tuple[Item, Prediction | None, Exception | None]]:
-    """Predict a batch; on failure retry its images one by one, so one bad image fails alone.
+    """Predict a batch now: :func:`collect_each` of :func:`launch_each`.
 
-    Returns (item, prediction or None, error or None) per item, in order. When the batch
-    runs out of memory, the device cache is freed and ``on_oom(len(batch))`` is called
-    (the caller lowers its batch size) before the one-by-one retry. All of it runs with the
-    replica's device current (:func:`ben_cli.device.device_guard`): this is where every engine's
-    images meet the model, so ``--device cuda:N`` never lands work on ``cuda:0``.
+    All of it runs with the replica's device current (:func:`ben_cli.device.device_guard`): this is
+    where every engine's images meet the model, so ``--device cuda:N`` never lands work on ``cuda:0``.
     """
-    with device_guard(eraser.device):
-        return _predict_each(eraser, batch, on_oom)
+    return collect_each(launch_each(eraser, batch), on_oom)
 
 
-def _predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int], None] | None,
-                  ) -> list[tuple[Item, Prediction | None, Exception | None]]:
-    want_trimap = any(wants_trimap(item[0]) for item in batch)
-    try:
-        preds = eraser.predict([b[1].rgb for b in batch], resized=[b[2] for b in batch], want_trimap=want_trimap)
-        return [(item, pred, None) for item, pred in zip(batch, preds)]
-    except Exception as e:
-        if is_out_of_memory(e):
-            free_memory(eraser)
-        if len(batch) == 1:
-            return [(batch[0], None, e)]
-        if is_out_of_memory(e) and on_oom is not None:
-            on_oom(len(batch))
+def _one_by_one(eraser: Eraser, batch: Sequence[Item], error: Exception, on_oom: Callable[[int], None] | None,
+                ) -> list[tuple[Item, Prediction | None, Exception | None]]:
+    """After a batch failed with ``error``: each image alone, so one bad image fails alone."""
+    if is_out_of_memory(error):
+        free_memory(eraser)
+    if len(batch) == 1:
+        return [(batch[0], None, error)]
+    if is_out_of_memory(error) and on_oom is not None:
+        on_oom(len(batch))
     out: list[tuple[Item, Prediction | None, Exception | None]] = []
     for item in batch:
         try:

@@ -24,4 +24,16 @@ def copy_to_device(module: nn.Module, device: torch.device) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-__all__ = ["copy_to_device"]
+def inference_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``model`` on ``device`` with its floating-point parameters and buffers in ``dtype``.
+
+    When any of them is in another dtype, a copy is cast (a caller who keeps using its float32
+    model is not handed a half-precision one); otherwise the model itself is moved.
+    """
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+        model = copy.deepcopy(model)
+    return model.to(device=device, dtype=dtype)
+
+
+__all__ = ["copy_to_device", "inference_copy"]
