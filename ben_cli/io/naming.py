@@ -8,19 +8,24 @@ ignoring case, over every kind whether requested or not), each of them keeps its
 extension in the output name: ``a.jpg`` and ``a.png`` give ``a.jpg.png`` and
 ``a.png.png``, while a lone ``b.jpg`` gives ``b.png``, and ``x/a.jpg`` and
 ``y/a.jpg`` (different folders) give ``x/a.png`` and ``y/a.png``. Names that still
-collide (they differ only in case) get ``~1``, ``~2``, ... in sorted order.
+collide (they differ only in case, or are equal: ``photos/a.jpg`` and ``photos2/a.jpg``
+into one folder) get ``~1``, ``~2``, ... in the order of their paths.
 The rule reads only the list of inputs, never the order of processing or
 ``--save``. An output that would replace an input is refused.
 
 **Names never change between runs** (cron jobs): every output ``ben`` writes
-records its source's file name (:mod:`ben_cli.io.pin`). When a folder is planned
-again (:func:`name_outputs`), an input whose earlier output is there keeps that
-name, and the name of an output whose source is another file (present or not) is
-never given to a new input: a lone ``a.jpg`` gives ``a.png``; add ``a.png`` later
-and ``a.jpg`` keeps ``a.png`` while the newcomer gets ``a.png.png``, and the plan
-says so. Outputs without the record (written by the first release, or by another
-tool) are treated as before. An output tree behind an fsspec URL is listed once
-(:func:`~ben_cli.io.list_outputs`) and the same function names its files.
+records its source (:mod:`ben_cli.io.pin`): its file name and its identity within
+the run's inputs (which input root, and the path under it). When a folder is
+planned again (:func:`name_outputs`), an input whose earlier output is there keeps
+that name (two inputs of one name each keep their own), and the name of an output
+whose source is another file (present or not) is never given to a new input: a
+lone ``a.jpg`` gives ``a.png``; add ``a.png`` later and ``a.jpg`` keeps ``a.png``
+while the newcomer gets ``a.png.png``, and the plan says so. Outputs of the first
+release record a file name alone: an input of that name keeps it when it is the
+only one (among several, the one the rule names so). Outputs without a record
+(written by another tool) are treated as before. An output tree behind an fsspec
+URL is listed once (:func:`~ben_cli.io.list_outputs`) and the same function names
+its files.
 
 A file OUTPUT (one input) must end in ``.png``. With one kind the file is
 written exactly there; with several, OUTPUT without ``.png`` is the stem:
