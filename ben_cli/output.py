@@ -87,8 +87,9 @@ def decontaminate_on(rgb: torch.Tensor, alpha: torch.Tensor, device: torch.devic
 
 def write_outputs(job: Job, image: LoadedImage, pred: Prediction, output: OutputOptions | None = None,
                   background: torch.Tensor | None = None, *, device: torch.device | None = None) -> list[str]:
-    """Render, encode and write every output of ``job`` (atomically; ``-`` is stdout); ``device``:
-    see :func:`render`."""
+    """Render, encode and write every output of ``job`` (atomically; ``-`` is stdout), each recording
+    the job's source (:attr:`~ben_cli.plan.Job.record`); ``device``: see :func:`render`. An
+    :class:`OSError` while writing names the output path (``filename``)."""
     output = output or OutputOptions()
     written = []
     for kind, target in job.outputs.items():
@@ -96,11 +97,14 @@ def write_outputs(job: Job, image: LoadedImage, pred: Prediction, output: Output
         data = encode_image(render(kind, image, pred, output, background, device=device),
                             output.format.value if cut else "png",
                             icc_profile=image.icc_profile if cut else None, compression=output.png_compression,
-                            quality=output.quality, source=job.source_name)
+                            quality=output.quality, source=job.record)
         if target == STDIO:
             write_stdout_bytes(data)
         else:
-            atomic_write_bytes(target, data)  # a local path or an fsspec URL
+            try:
+                atomic_write_bytes(target, data)  # a local path or an fsspec URL
+            except OSError as e:  # named by the output, not by the temporary file or the input
+                raise OSError(e.errno, e.strerror or str(e), str(target)) from e
         written.append(str(target))
     return written
 

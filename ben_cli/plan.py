@@ -27,18 +27,23 @@ from ben_cli.io import (
     STDIN_NAME,
     SUFFIX,
     VIDEO_EXTS,
+    Pin,
     Place,
     check_kinds,
     existing_outputs,
     find_image_files,
     find_images,
+    is_own_output,
     is_url,
     is_video,
     join_url,
     list_outputs,
     name_outputs,
+    read_output_pin,
     read_stdin_bytes,
+    root_id,
     single_output,
+    source_pin,
 )
 from ben_cli.io.fs import is_local_fs
 
@@ -59,10 +64,29 @@ class Job:
     source: Path | str | bytes
     outputs: dict[str, Path | str]
     video: bool = False  # a video (or an animation with --all-frames): frames in, video or frame folders out
+    pin: Pin | None = None  # what each output records of the source (None: its file name alone)
+    previous: Pin | None = None  # the record of this input's earlier output, when the plan found one
 
     @property
     def to_stdout(self) -> bool:
         return STDIO in self.outputs.values()
+
+    @property
+    def record(self) -> Pin | str:
+        """What each output records of its source (:mod:`ben_cli.io.pin`): the pin, else the file name."""
+        return self.pin if self.pin is not None else self.source_name
+
+    @property
+    def source_changed(self) -> bool:
+        """True when the source's size or modification time differ from its earlier output's record."""
+        return self.pin is not None and self.previous is not None and self.pin.changed_since(self.previous)
+
+    @property
+    def other_settings(self) -> bool:
+        """True when its earlier output records settings other than this run's."""
+        return (self.pin is not None and self.previous is not None and None not in (self.pin.settings,
+                                                                                     self.previous.settings)
+                and self.pin.settings != self.previous.settings)
 
     @property
     def source_name(self) -> str:
@@ -83,6 +107,7 @@ class Plan:
     out_root: Path | None = None
     notes: list[str] = field(default_factory=list)  # one-line warnings for the user
     existing: frozenset[str] | None = None
+    own_outputs: int = 0  # files found among the inputs that are ben's own outputs: never read
 
 
 def parse_kinds(values: Iterable[str]) -> tuple[str, ...]:
@@ -109,7 +134,7 @@ def check_output_folder(folder: Path) -> None:
 
 def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Sequence[str], *,
              read_stdin: Callable[[], bytes] = read_stdin_bytes, suffixes: Mapping[str, str] | None = None,
-             video: VideoPlan | None = None) -> Plan:
+             video: VideoPlan | None = None, settings: str | None = None) -> Plan:
     """Plan a run over ``inputs`` (files, folders, or ``["-"]``) into ``output``.
 
     ``output``: a folder (mirrors a single folder input; several inputs are gathered,
@@ -119,6 +144,14 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
     existing outputs keep their names, and a renamed input is listed in ``notes``.
     ``suffixes`` overrides kinds' file suffixes (``{"cutout": ".jpg"}``). ``video``: also take
     video files (and animations with ``all_frames``), named with the video suffixes.
+    ``settings``: the settings that shape the outputs (recorded in each; an earlier
+    output that records others is reported, :attr:`Job.other_settings`).
+
+    Each job carries its source's record (:attr:`Job.pin`: identity within the inputs,
+    size and modification time) and the record of its earlier output
+    (:attr:`Job.previous`), so engines redo a changed source. Files that carry ben's
+    record are ben's outputs: never inputs (counted in :attr:`Plan.own_outputs`), unless
+    a lone file is given.
     Raises :class:`UsageError` for a combination that cannot run.
     """
     kinds = check_kinds(kinds)
@@ -131,7 +164,7 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
     if any(str(i) == STDIO for i in inputs):
         return _plan_stdin(inputs, output, kinds, read_stdin, suffixes)
     if any(is_url(str(i)) for i in inputs) or (output is not None and is_url(str(output))):
-        return _plan_urls([str(i) for i in inputs], output, kinds, suffixes)
+        return _plan_urls([str(i) for i in inputs], output, kinds, suffixes, settings)
     paths = [Path(i) for i in inputs]
     for p in paths:
         if not p.exists():
@@ -146,9 +179,9 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
         return Plan([Job(str(paths[0]), paths[0], {kinds[0]: STDIO})])
     if single_video and output is not None and Path(output).suffix.lower() in video.file_exts:
         outs = single_output(paths[0], output, kinds, video.suffixes)
-        return Plan([Job(str(paths[0]), paths[0], dict(outs), video=True)])
+        return Plan([_single_job(paths[0], outs, settings, video=True)])
     if single and output is not None and names_a_file(output):
-        return Plan([Job(str(paths[0]), paths[0], dict(single_output(paths[0], output, kinds, suffixes)))])
+        return Plan([_single_job(paths[0], single_output(paths[0], output, kinds, suffixes), settings)])
     if output is not None:
         out_root = Path(output)
         if names_a_file(out_root):
@@ -159,7 +192,7 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
                 raise UsageError("OUTPUT must not be the INPUT folder (outputs would be read back as inputs)")
     else:
         out_root = None
-    entries, notes = _gather(paths, out_root, IMAGE_EXTS if video is None else IMAGE_EXTS | video.exts)
+    entries, pins, notes, own = _gather(paths, out_root, IMAGE_EXTS if video is None else IMAGE_EXTS | video.exts)
     groups = [(entries, suffixes, False)]
     if video is not None:
         videos = [e for e in entries if video.is_video(e[0])]
@@ -172,13 +205,22 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
             group = _drop_own_outputs(group, [group_suffixes[k] for k in kinds])
         # video outputs never share a name with image outputs: each group reads back only its own records
         listed = partial(existing_outputs, defaults={}) if of_videos else existing_outputs
-        named = name_outputs(group, kinds, suffixes=group_suffixes, existing=listed)
+        named = name_outputs(group, kinds, suffixes=group_suffixes, existing=listed, pins=pins)
         for src, path in named.renamed:
             notes.append(f"{src}: name clash in {path.parent}: writing {path.name} (and its other kinds alike) "
                          f"instead of {src.stem}{group_suffixes[kinds[0]]}")
-        named_jobs.update((p, Job(str(p), p, dict(outs), video=of_videos)) for p, outs in named.paths.items())
+        named_jobs.update((p, Job(str(p), p, dict(outs), video=of_videos, pin=pins[p].with_settings(settings),
+                                  previous=named.previous.get(p))) for p, outs in named.paths.items())
     jobs = [named_jobs[p] for p in dict.fromkeys(p for p, _ in entries) if p in named_jobs]
-    return Plan(jobs, out_root, notes)
+    return Plan(jobs, out_root, notes, own_outputs=own)
+
+
+def _single_job(src: Path, outputs: Mapping[str, Path], settings: str | None, *, video: bool = False) -> Job:
+    """The job of one input file to an OUTPUT file: its record, and its earlier output's when there is one."""
+    first = next(iter(outputs.values()))
+    previous = read_output_pin(first) if first.exists() else None
+    return Job(str(src), src, dict(outputs), video=video, pin=source_pin(src, src.parent).with_settings(settings),
+               previous=previous)
 
 
 def _plan_stdin(inputs: Sequence[str | Path], output: str | Path | None, kinds: tuple[str, ...],
@@ -204,20 +246,33 @@ def _same_dir(a: Path, b: Path) -> bool:
 
 
 def _gather(paths: Sequence[Path], out_root: Path | None, exts: Collection[str] = IMAGE_EXTS
-            ) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(input file, its output folder) for every image; a notes line for each folder without images."""
+            ) -> tuple[list[tuple[Path, Path]], dict[Path, Pin], list[str], int]:
+    """(input file, its output folder) for every image, each input's record (its root: the folder
+    given, or a file's own folder), a notes line for each folder without images, and how many
+    files were left out as ben's own outputs (a lone file given is always read)."""
     entries: list[tuple[Path, Path]] = []
+    pins: dict[Path, Pin] = {}
     notes: list[str] = []
+    own = 0
+    lone = len(paths) == 1 and paths[0].is_file()
     for p in paths:
         if p.is_file():
+            if not lone and is_own_output(p):
+                own += 1
+                continue
             entries.append((p, p.parent if out_root is None else out_root))
+            pins.setdefault(p, source_pin(p, p.parent))
             continue
         images = find_images(p, exclude=out_root, exts=exts)
         if not images:
             notes.append(f"{p}: no images found (nothing to do there)")
+        theirs = [img for img in images if not is_own_output(img)]
+        own += len(images) - len(theirs)
         top = p if out_root is None else _folder_output(p, out_root, len(paths))
-        entries += [(img, top / img.parent.relative_to(p)) for img in images]
-    return entries, notes
+        entries += [(img, top / img.parent.relative_to(p)) for img in theirs]
+        for img in theirs:
+            pins.setdefault(img, source_pin(img, p))
+    return entries, pins, notes, own
 
 
 @dataclass(frozen=True)
@@ -257,7 +312,7 @@ def _drop_own_outputs(entries: list[tuple[Path, Path]], suffixes: Sequence[str])
 
 
 def _plan_urls(inputs: Sequence[str], output: str | Path | None, kinds: tuple[str, ...],
-               suffixes: Mapping[str, str]) -> Plan:
+               suffixes: Mapping[str, str], settings: str | None = None) -> Plan:
     """A plan where some INPUT or OUTPUT is an fsspec URL (local paths among them are opened by fsspec too).
 
     The layout is the local one (one folder input mirrored into OUTPUT, several gathered,
@@ -292,14 +347,17 @@ def _plan_urls(inputs: Sequence[str], output: str | Path | None, kinds: tuple[st
             raise UsageError("OUTPUT must not be the INPUT folder (outputs would be read back as inputs)")
     entries: list[tuple[PurePosixPath, PurePosixPath]] = []
     sources: dict[PurePosixPath, str] = {}
+    pins: dict[PurePosixPath, Pin] = {}
     in_paths: set[tuple[str, str]] = set()
     notes: list[str] = []
     top = PurePosixPath(".")
     for i, place in enumerate(places):
         key = PurePosixPath(str(i))  # keys of inputs: unique per INPUT argument
         if place.is_file():
-            entries.append((key / PurePosixPath(place.path).name, top))
-            sources[key / PurePosixPath(place.path).name] = place.url
+            name = PurePosixPath(place.path).name
+            entries.append((key / name, top))
+            sources[key / name] = place.url
+            pins[key / name] = Pin(name, root_id(place.url[: len(place.url) - len(name)].rstrip("/")), name)
             in_paths.add((place.protocol, place.path))
             continue
         images = find_image_files(place, exclude=out)
@@ -309,9 +367,10 @@ def _plan_urls(inputs: Sequence[str], output: str | Path | None, kinds: tuple[st
         for rel in images:
             entries.append((key / rel, folder / rel.parent))
             sources[key / rel] = join_url(place.url, rel)
+            pins[key / rel] = Pin(rel.name, root_id(place.url), rel.as_posix())
             in_paths.add((place.protocol, place.path.rstrip("/") + "/" + str(rel)))
     listing = list_outputs(out, suffixes)
-    named = name_outputs(entries, kinds, suffixes=suffixes, existing=listing.sources)
+    named = name_outputs(entries, kinds, suffixes=suffixes, existing=listing.sources, pins=pins)
     for key, path in named.renamed:
         notes.append(f"{sources[key]}: name clash in {join_url(out.url, path.parent)}: writing {path.name} (and "
                      f"its other kinds alike) instead of {key.stem}{suffixes[kinds[0]]}")
@@ -319,7 +378,8 @@ def _plan_urls(inputs: Sequence[str], output: str | Path | None, kinds: tuple[st
     for key, outs in named.paths.items():
         outputs = {kind: join_url(out.url, p) for kind, p in outs.items()}
         _refuse_url_overwrites(outs.values(), out, in_paths)
-        jobs.append(Job(sources[key], sources[key], outputs))
+        jobs.append(Job(sources[key], sources[key], outputs, pin=pins[key].with_settings(settings),
+                        previous=named.previous.get(key)))
     existing = frozenset(join_url(out.url, f) for f in listing.files)
     return Plan(jobs, out_root, notes, existing)
 

@@ -21,12 +21,15 @@ if TYPE_CHECKING:
 
 
 def make_plan(inputs: list[str], output: str | None, kinds: tuple[str, ...],
-              suffixes: dict[str, str] | None = None, video: VideoPlan | None = None) -> Plan:
-    """The plan of a run, its notes printed as warnings, stale temp files of killed runs removed."""
+              suffixes: dict[str, str] | None = None, video: VideoPlan | None = None,
+              options: InferenceOptions | None = None) -> Plan:
+    """The plan of a run, its notes printed as warnings, stale temp files of killed runs removed;
+    ``options``: the settings recorded in every output (:func:`output_settings`)."""
     from ben_cli.io import clean_stale_temp_files
     from ben_cli.plan import plan_run
 
-    plan = plan_run(inputs, output, kinds, read_stdin=read_stdin, suffixes=suffixes, video=video)
+    settings = None if options is None else output_settings(options)
+    plan = plan_run(inputs, output, kinds, read_stdin=read_stdin, suffixes=suffixes, video=video, settings=settings)
     for note in plan.notes:
         opt.print_warning(note)
     if plan.out_root is not None and plan.out_root.is_dir():
@@ -81,6 +84,26 @@ def check_runnable(options: InferenceOptions, *, device: bool = True) -> None:
         find_refiner_weights(options.refiner_weights, required=options.refiner.value == "net")
 
 
+def output_settings(options: InferenceOptions) -> str:
+    """The settings that shape the outputs, as each output records them: the model, its weights (by
+    file name), the resolution and the refiner. An earlier output that records others is reported."""
+    from ben_cli.checkpoints.weights import find_weights
+    from ben_cli.errors import BenError
+    from ben_cli.models.registry import MODELS
+
+    entry = MODELS.get(options.model)
+    weights = (entry.filename if entry is not None else None) or "default"
+    if options.weights is not None:
+        try:
+            weights = find_weights(options.weights, model=options.model, download=False).name
+        except BenError:
+            weights = Path(options.weights).name
+    refiner = options.refiner.value
+    if options.refiner_weights is not None and refiner != "none":
+        refiner += f":{Path(options.refiner_weights).name}"
+    return f"model={options.model} weights={weights} resolution={options.resolution} refiner={refiner}"
+
+
 def base_settings(options: InferenceOptions) -> dict:
     """The settings of a run before the model is loaded (the Eraser adds the resolved ones)."""
     from ben_cli.version import __version__
@@ -95,6 +118,7 @@ def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers:
              ray: RayOptions | None = None, video: VideoOptions | None = None) -> RunSummary:
     """Run the plan on ``engine`` with a progress display; the report is written however the run ends."""
     import json
+    from dataclasses import replace
 
     from ben_cli.engines import create_run
     from ben_cli.io import atomic_write_bytes
@@ -105,7 +129,7 @@ def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers:
     try:
         summary = _execute_with_progress(run, console, quiet or no_bar)
     finally:
-        summary = run.summary()
+        summary = replace(run.summary(), own_outputs=plan.own_outputs)
         if report is not None:
             atomic_write_bytes(report, json.dumps(summary.to_json(), indent=2).encode())
     if os.environ.get("BEN_DEBUG"):
@@ -115,6 +139,10 @@ def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers:
     if summary.interrupted:
         done = summary.count("done") + summary.count("skipped")
         opt.print_error(f"interrupted: {done} of {summary.total} done; run again to resume")
+    if summary.other_settings:
+        n = summary.other_settings
+        opt.print_warning(f"{n} output{'s were' if n > 1 else ' was'} made with other settings; "
+                          "--overwrite to redo them")
     if not quiet:
         print_summary(console, summary, title)
     return summary
@@ -195,6 +223,10 @@ def print_summary(console, summary: RunSummary, title: str) -> None:
     failed = summary.count("failed")
     table.add_row("done", str(summary.count("done")))
     table.add_row("skipped (outputs exist)", str(summary.count("skipped")))
+    if summary.redone:
+        table.add_row("redone (source changed)", str(summary.redone))
+    if summary.own_outputs:
+        table.add_row("skipped (ben's own outputs)", str(summary.own_outputs))
     table.add_row("failed", str(failed), style="red" if failed else None)
     if summary.interrupted:
         table.add_row("not processed", str(summary.total - len(summary.results)))

@@ -156,7 +156,7 @@ def erase(
     # exit 2 even when every output already exists; a cluster's devices are the workers', not this machine's
     check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
     plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
-                     video=video_plan(video, finish))
+                     video=video_plan(video, finish), options=options)
     if any(job.video for job in plan.jobs):
         from ben_cli.video import check_video_support
 

@@ -49,7 +49,7 @@ def trimap(
             raise UsageError(f"OUTPUT must be a .png file or a folder: {output}")
         plan = _single(image, Path(output), kinds)
     else:
-        plan = make_plan([image], output, kinds)
+        plan = make_plan([image], output, kinds, options=options)
     summary = run_plan(plan, options, overwrite=overwrite, workers=None, report=None,
                        quiet=quiet or len(plan.jobs) == 1, no_bar=output == STDIO, title="ben trimap")
     skipped = [r for r in summary.results if r.status == "skipped"]

@@ -32,6 +32,7 @@ from ben_cli.engines.results import FileResult, Results
 from ben_cli.engines.steps import (
     Item,
     Launched,
+    check_writable,
     collect_each,
     failure,
     launch_each,
@@ -88,6 +89,7 @@ class BatchRun(Results):
         todo = self.pending(self.overwrite, self.existing)
         if not todo:
             return
+        check_writable(todo)  # before the model loads
         self.on_event("loading")
         t0 = time.perf_counter()
         loaded = self.get_eraser()
@@ -120,7 +122,7 @@ class BatchRun(Results):
         try:
             result = erase_video(job.source, job.outputs, eraser, output=self.output, video=self.video,
                                  batch_size=self._limits[0], on_frames=on_frames, background=self.background,
-                                 label=job.label)
+                                 label=job.label, pin=job.record)
         except Exception as e:
             reason, tb = failure(e, "processing the video")
             self.record(FileResult(job.label, "failed", error=reason, traceback=tb))

@@ -82,6 +82,9 @@ class RayRun(Results):
         todo = self.pending(self.overwrite, self.existing)
         if not todo:
             return  # nothing to do: Ray is not even started
+        from ben_cli.engines.steps import check_writable
+
+        check_writable(todo)  # before Ray starts and the model loads
         import ray
 
         self.on_event("loading")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -16,7 +16,8 @@ STATUSES = ("done", "skipped", "failed")
 
 @dataclass
 class FileResult:
-    """What happened to one input: ``status`` is done, skipped (outputs exist) or failed (``error`` says why)."""
+    """What happened to one input: ``status`` is done, skipped (outputs exist) or failed (``error`` says why);
+    ``redone`` says why outputs that existed were made again ("source changed")."""
 
     input: str
     status: str
@@ -24,6 +25,7 @@ class FileResult:
     error: str | None = None
     traceback: str | None = field(default=None, repr=False)  # internal errors only; not in reports
     frames: int | None = None  # videos: frames written
+    redone: str | None = None
 
 
 @dataclass
@@ -31,7 +33,9 @@ class RunSummary:
     """The results of a run, in input order, with its settings and timings.
 
     ``seconds`` counts from the end of model loading (so images/s excludes it);
-    ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None.
+    ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None;
+    ``other_settings``: inputs skipped whose outputs record other settings than this run's;
+    ``own_outputs``: files among the inputs left out as ben's own outputs (:attr:`~ben_cli.plan.Plan.own_outputs`).
     """
 
     results: list[FileResult]
@@ -40,9 +44,16 @@ class RunSummary:
     load_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     interrupted: str | None = None
+    other_settings: int = 0
+    own_outputs: int = 0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
+
+    @property
+    def redone(self) -> int:
+        """Inputs done again because their source changed since their outputs were made."""
+        return sum(r.status == "done" and r.redone is not None for r in self.results)
 
     @property
     def images_per_second(self) -> float:
@@ -52,9 +63,10 @@ class RunSummary:
         totals: dict[str, Any] = {s: self.count(s) for s in STATUSES}
         totals.update(seconds=round(self.seconds, 3), images_per_second=round(self.images_per_second, 3))
         run = {"inputs": self.total, "not_processed": self.total - len(self.results),
-               "load_seconds": round(self.load_seconds, 3), "interrupted": self.interrupted}
-        files = [{k: v for k, v in asdict(r).items() if k != "traceback" and not (k == "frames" and v is None)}
-                 for r in self.results]
+               "load_seconds": round(self.load_seconds, 3), "interrupted": self.interrupted,
+               "redone": self.redone, "other_settings": self.other_settings, "own_outputs": self.own_outputs}
+        files = [{k: v for k, v in asdict(r).items()
+                  if k != "traceback" and not (k in ("frames", "redone") and v is None)} for r in self.results]
         return {"settings": self.settings, "run": run, "totals": totals, "files": files}
 
 
@@ -97,11 +109,15 @@ class Results:
         self.results: list[FileResult] = []
         self.settings: dict[str, Any] = dict(settings or {})  # completed by the Eraser's own once loaded
         self.interrupted: str | None = None
+        self.other_settings = 0  # skipped inputs whose outputs record other settings
+        self._redone: set[str] = set()  # labels of inputs whose source changed: their outputs are made again
         self.load_seconds = 0.0
         self._started = time.perf_counter()
         self._loaded_at: float | None = None
 
     def record(self, result: FileResult) -> None:
+        if result.status == "done" and result.input in self._redone:
+            result = replace(result, redone="source changed")
         self.results.append(result)
         if self.on_result:
             self.on_result(result)
@@ -118,14 +134,21 @@ class Results:
         raise NotImplementedError
 
     def pending(self, overwrite: bool, existing: Collection[str] | None) -> list[Job]:
-        """The jobs with outputs left to write (only those outputs); the others are recorded as skipped."""
+        """The jobs with outputs left to write (only those outputs; every output of a job whose
+        source changed since they were made); the others are recorded as skipped. Reads no file:
+        the plan read the earlier outputs' records once."""
         from ben_cli.engines.steps import missing_outputs
 
         todo: list[Job] = []
         for job in self.jobs:
+            if not overwrite and not job.to_stdout and job.source_changed:
+                self._redone.add(job.label)
+                todo.append(job)
+                continue
             left = missing_outputs(job, overwrite, existing)
             if left is None:
                 self.record(FileResult(job.label, "skipped", [str(p) for p in job.outputs.values()]))
+                self.other_settings += job.other_settings
             else:
                 todo.append(left)
         return todo
@@ -136,4 +159,4 @@ class Results:
         results = sorted(self.results, key=lambda r: order.get(r.input, len(order)))
         start = self._loaded_at if self._loaded_at is not None else self._started
         return RunSummary(results, len(self.jobs), time.perf_counter() - start, self.load_seconds,
-                          dict(self.settings), self.interrupted)
+                          dict(self.settings), self.interrupted, self.other_settings)

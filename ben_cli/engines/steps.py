@@ -1,6 +1,7 @@
 """The per-file steps every engine runs, so that every engine reads, predicts and fails alike.
 
-:func:`missing_outputs` (skip what exists), :func:`read_job` (decode and resize to the
+:func:`missing_outputs` (skip what exists), :func:`check_writable` (every output folder
+takes files, before the model loads), :func:`read_job` (decode and resize to the
 model side), :func:`launch_each` and :func:`collect_each` (a batch through the Eraser, queued
 and then waited for, so the next batch is staged meanwhile; a failure retried one image at a
 time, so one bad image fails alone; :func:`predict_each` does both at once), :func:`failure`
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 
 from ben_cli.device import device_guard, release_cached_memory
-from ben_cli.errors import InputError
-from ben_cli.io import LoadedImage, is_file, read_image
+from ben_cli.errors import InputError, UsageError
+from ben_cli.io import LoadedImage, is_file, probe_writable, read_image
 from ben_cli.output import TRIMAP_KINDS
 from ben_cli.pipeline import Eraser, Flight, Prediction
 from ben_cli.plan import Job
@@ -49,7 +50,8 @@ def failure(error: BaseException, stage: str) -> tuple[str, str | None]:
     if is_out_of_memory(error):
         return f"out of memory while {stage}", None
     if stage == "writing" and isinstance(error, OSError):
-        return f"cannot write output ({error.strerror or error})", None
+        target = f" {error.filename}" if error.filename else ""
+        return f"cannot write{target or ' output'} ({error.strerror or error})", None
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     reason = f"internal error while {stage}: {type(error).__name__}{': ' + text if text else ''}"
     return reason, "".join(traceback.format_exception(error))
@@ -71,6 +73,25 @@ def missing_outputs(job: Job, overwrite: bool, existing: Collection[str] | None 
     if not todo:
         return None
     return job if len(todo) == len(job.outputs) else replace(job, outputs=todo)
+
+
+def check_writable(jobs: Sequence[Job]) -> None:
+    """Raise :class:`UsageError` naming the first local output folder of ``jobs`` where no file can be
+    created (read-only, no permission, immutable), found by creating and removing a temporary file
+    there (:func:`ben_cli.io.probe_writable`): called before the model loads, so nothing is run
+    for outputs that could not be written. Each folder is tried once; URLs and stdout are not tried."""
+    folders = dict.fromkeys(p.parent for job in jobs for p in job.outputs.values() if isinstance(p, Path))
+    tried: set[Path] = set()
+    for folder in folders:
+        target = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        if target in tried:
+            continue
+        tried.add(target)
+        problem = probe_writable(target)
+        if problem is not None:
+            where, error = problem
+            raise UsageError(f"cannot write in the output folder {where} ({error.strerror or error}); "
+                             "nothing was done")
 
 
 def wants_trimap(job: Job) -> bool:

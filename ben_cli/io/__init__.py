@@ -10,8 +10,9 @@ use; no torch). One module per concern:
   the output folder skipped);
 - :mod:`ben_cli.io.naming`: naming outputs (mirrored tree, the collision rule,
   names kept from earlier runs);
-- :mod:`ben_cli.io.pin`: the source file name recorded in every output (PNG, JPEG,
-  video, frame folder) and the one reader that reads it back;
+- :mod:`ben_cli.io.pin`: the source record in every output (PNG, JPEG, video, frame
+  folder: the source's name, identity, size and time, the settings) and the one
+  reader that reads it back;
 - :mod:`ben_cli.io.read`: reading images of every mode Pillow reads, as ``uint8``
   RGB plus alpha, EXIF orientation applied, ICC profile kept, bombs refused;
 - :mod:`ben_cli.io.write`: PNG/JPEG/WebP encoding (ICC profile and source record
@@ -38,14 +39,22 @@ from ben_cli.io.kinds import (
 )
 from ben_cli.io.naming import NamedOutputs, name_outputs, plan_outputs, refuse_overwriting_input, single_output
 from ben_cli.io.pin import (
+    VIDEO_PIN_TAG,
     VIDEO_SOURCE_TAG,
     OutputListing,
+    Pin,
     existing_outputs,
+    is_own_output,
     jpeg_comment,
     list_outputs,
+    output_pin,
     output_source,
+    pin_chunks,
+    read_output_pin,
     read_output_source,
+    root_id,
     source_chunk,
+    source_pin,
 )
 from ben_cli.io.read import (
     STDIN_NAME,
@@ -66,6 +75,7 @@ from ben_cli.io.write import (
     encode_image,
     encode_png,
     png_chunk,
+    probe_writable,
     write_png,
     write_stdout_bytes,
 )
@@ -77,10 +87,12 @@ __all__ = [
     "STDIN_NAME",
     "SUFFIX",
     "VIDEO_EXTS",
+    "VIDEO_PIN_TAG",
     "VIDEO_SOURCE_TAG",
     "LoadedImage",
     "NamedOutputs",
     "OutputListing",
+    "Pin",
     "Place",
     "atomic_write_bytes",
     "check_kinds",
@@ -97,25 +109,32 @@ __all__ = [
     "icc_colour_space",
     "is_animated",
     "is_file",
+    "is_own_output",
     "is_url",
     "is_video",
     "join_url",
     "jpeg_comment",
     "list_outputs",
     "name_outputs",
+    "output_pin",
     "output_source",
     "outputs_exist",
+    "pin_chunks",
     "plan_outputs",
     "png_chunk",
+    "probe_writable",
     "read_gray",
     "read_image",
     "read_mask",
+    "read_output_pin",
     "read_output_source",
     "read_stdin_bytes",
     "read_url_bytes",
     "refuse_overwriting_input",
+    "root_id",
     "single_output",
     "source_chunk",
+    "source_pin",
     "url_fs",
     "write_png",
     "write_stdout_bytes",

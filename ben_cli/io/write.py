@@ -9,7 +9,8 @@ only complete files (a killed process may leave a temp file, which
 stores (atomic there). Inputs are only ever read.
 PNGs are encoded by OpenCV (fast compression unless asked otherwise); an
 ICC profile is embedded as an ``iCCP`` chunk right after ``IHDR``, and the
-input's file name as an ``iTXt`` chunk (``ben:source``, see :mod:`ben_cli.io.pin`).
+input's record as ``iTXt`` chunks (``ben:source``, ``ben:pin``, see :mod:`ben_cli.io.pin`).
+:func:`probe_writable` tells before any work whether a folder takes new files.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from PIL import Image
 
 from ben_cli.errors import UsageError
 from ben_cli.io.fs import is_local_fs, is_url, url_fs, write_url_bytes
-from ben_cli.io.pin import jpeg_comment, source_chunk
+from ben_cli.io.pin import Pin, jpeg_comment, pin_chunks
 from ben_cli.io.read import icc_colour_space
 
 _TEMP_RE = re.compile(r"^\..*\.ben-[0-9a-f]{8}\.tmp$")
 
 
 def encode_png(array: np.ndarray, *, icc_profile: bytes | None = None, compression: int | None = None,
-               source: str | None = None) -> bytes:
+               source: Pin | str | None = None) -> bytes:
     """PNG bytes of a ``uint8`` image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA.
 
     OpenCV's encoder; channels are given in RGB(A) order and swapped to OpenCV's
@@ -51,8 +52,9 @@ def encode_png(array: np.ndarray, *, icc_profile: bytes | None = None, compressi
             arrays (``LoadedImage.icc_profile`` suits cutouts). None or empty: none.
         compression: zlib level 0 (none) to 9 (smallest), with zlib's default
             strategy; None keeps OpenCV's fast default (level 1, run-length strategy).
-        source: the input's file name, recorded in an ``iTXt`` chunk (``ben:source``)
-            so that later runs keep this output's name (:func:`name_outputs`).
+        source: the input's record (:class:`~ben_cli.io.Pin`, or its file name alone), in
+            ``iTXt`` chunks (``ben:source``, ``ben:pin``) so that later runs keep this
+            output's name (:func:`name_outputs`) and tell when its source changed.
 
     Raises:
         ValueError: a bad array, compression level or profile.
@@ -75,7 +77,7 @@ def encode_png(array: np.ndarray, *, icc_profile: bytes | None = None, compressi
         raise ValueError(f"encode_png wants (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
     chunk = _iccp_chunk(bytes(icc_profile), array.ndim == 2) if icc_profile else b""
     if source is not None:
-        chunk += png_chunk(*source_chunk(source))
+        chunk += b"".join(png_chunk(ctype, body) for ctype, body in pin_chunks(source))
     params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, compression]
     ok, buffer = cv2.imencode(".png", bgr, params)
     if not ok:
@@ -89,12 +91,12 @@ def encode_png(array: np.ndarray, *, icc_profile: bytes | None = None, compressi
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", *, icc_profile: bytes | None = None,
-                 compression: int | None = None, quality: int = 95, source: str | None = None) -> bytes:
+                 compression: int | None = None, quality: int = 95, source: Pin | str | None = None) -> bytes:
     """Bytes of a ``uint8`` image in ``fmt``: ``png`` (:func:`encode_png`), ``jpg`` or ``webp``.
 
     JPEG and WebP take (H, W) or (H, W, 3) arrays (no alpha) at ``quality`` (1-100),
     with the ICC profile embedded; a JPEG records ``source`` in its comment
-    (``ben:source=<name>``), as PNGs do in a text chunk.
+    (``ben:source=<name>`` and its pin), as PNGs do in text chunks.
     """
     if fmt == "png":
         return encode_png(array, icc_profile=icc_profile, compression=compression, source=source)
@@ -157,6 +159,28 @@ def check_output_file(path: Path | None, flag: str, example: str) -> None:
             if not parent.is_dir():
                 raise UsageError(f"{flag} {path} lies under the file {parent}")
             break
+
+
+def probe_writable(folder: Path) -> tuple[Path, OSError] | None:
+    """None when new files can be written in ``folder``, else (the folder tried, the error).
+
+    A folder that does not exist yet is created by the writer: its nearest existing
+    parent is tried instead. The probe creates and removes a hidden temporary file
+    (what :func:`atomic_write_bytes` does), so a read-only mount, missing permissions or an
+    immutable folder (``chattr +i``) are all found.
+    """
+    folder = Path(folder)
+    target = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    try:
+        fd, tmp = _temp_path(target / "probe")
+    except OSError as e:
+        return target, e
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+    except OSError as e:
+        return target, e
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ben_cli.io import VIDEO_SOURCE_TAG, encode_image, read_output_source
+from ben_cli.io import VIDEO_PIN_TAG, VIDEO_SOURCE_TAG, Pin, encode_image, read_output_source
 from ben_cli.options import OutputOptions, VideoFormat
 from ben_cli.video.decode import VideoInfo, accurate_scaling, import_av
 
@@ -141,7 +141,7 @@ class VideoSink:
     """
 
     def __init__(self, kind: str, target: Path, fmt: VideoFormat, codec: Codec, info: VideoInfo, *,
-                 audio_stream: Any = None, source_name: str | None = None) -> None:
+                 audio_stream: Any = None, source_name: Pin | str | None = None) -> None:
         self.av = av = import_av()
         self.kind, self.target, self.codec = kind, Path(target), codec
         self.notes: list[str] = []
@@ -151,8 +151,11 @@ class VideoSink:
         try:
             options = {"movflags": "+faststart+use_metadata_tags"} if fmt in (VideoFormat.mov, VideoFormat.mp4) else {}
             self.container = av.open(str(self.tmp), "w", format=_CONTAINER[fmt], options=options)
-            if source_name:
-                self.container.metadata[SOURCE_TAG] = source_name
+            pin = Pin(source_name) if isinstance(source_name, str) else source_name
+            if pin is not None and pin.name:
+                self.container.metadata[SOURCE_TAG] = pin.name
+                if pin.to_json() != "{}":
+                    self.container.metadata[VIDEO_PIN_TAG] = pin.to_json()
             w, h = info.width, info.height
             if codec.even_size and (w % 2 or h % 2):
                 w, h = w + w % 2, h + h % 2
@@ -276,7 +279,8 @@ class FrameFolderSink:
     audio_note: str | None = None
     carries_audio = False
 
-    def __init__(self, kind: str, target: Path, output: OutputOptions, *, source_name: str | None = None) -> None:
+    def __init__(self, kind: str, target: Path, output: OutputOptions, *,
+                 source_name: Pin | str | None = None) -> None:
         self.kind, self.target, self.output, self.source_name = kind, Path(target), output, source_name
         self.notes: list[str] = []
         self.frames = 0

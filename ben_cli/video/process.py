@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ben_cli.device import device_guard
-from ben_cli.io import KINDS, LoadedImage
+from ben_cli.io import KINDS, LoadedImage, Pin
 from ben_cli.options import OutputOptions, VideoOptions, default_workers
 from ben_cli.output import TRIMAP_KINDS, load_background, render
 from ben_cli.pipeline import Eraser, Prediction
@@ -254,7 +254,7 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
                 output: OutputOptions | None = None, video: VideoOptions | None = None,
                 batch_size: int | None = None, on_frames: ProgressCallback | None = None,
                 background: torch.Tensor | None = None, label: str | None = None,
-                workers: int | None = None) -> VideoResult:
+                workers: int | None = None, pin: Pin | None = None) -> VideoResult:
     """Remove the background of every frame of ``source`` and write each requested output.
 
     Args:
@@ -270,6 +270,8 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
             (loaded here when not given; load it once for many videos).
         label: names the input in errors and reports (default: the path).
         workers: render threads (default: one per core, at most 8).
+        pin: the source record written in every output (:class:`~ben_cli.io.Pin`; default:
+            the source's file name alone).
 
     Returns:
         a :class:`VideoResult`. Raises InputError (unreadable, truncated or corrupt input, or
@@ -294,7 +296,7 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
     sinks: list[Any] = []
     run: _Run | None = None
     try:
-        name = Path(source).name
+        name = pin or Path(source).name
         for kind, target in outputs.items():
             if fmt is None:
                 sinks.append(FrameFolderSink(kind, Path(target), output, source_name=name))
