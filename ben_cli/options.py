@@ -108,7 +108,9 @@ class InferenceOptions:
     on CUDA) keep the model's weights in that dtype; ``autocast`` keeps them in
     float32 and runs the ops under ``torch.autocast`` instead (the slower, older
     path; a no-op where the precision resolves to fp32). ``compile``:
-    ``torch.compile``, cached on disk (:func:`ben_cli.device.compile_model`).
+    ``torch.compile``, cached on disk (:func:`ben_cli.device.compile_model`). ``model_given``: ``model``
+    was named by the user, so a checkpoint that describes another network is an error rather than
+    the file's own network silently winning.
     """
 
     model: str = "ben2-base"
@@ -122,6 +124,7 @@ class InferenceOptions:
     compile: bool = False
     max_refine_side: int | None = None
     autocast: bool = False
+    model_given: bool = False
 
     def __post_init__(self) -> None:
         from ben_cli.models.registry import MODELS

@@ -72,14 +72,25 @@ def inference_options(*, model: ModelName | str = "ben2-base", weights: Path | N
                       batch_size: int | None = None,
                       refiner: Refiner | str = Refiner.auto, refiner_weights: Path | None = None,
                       compile: bool = False, max_refine_side: int | None = None, autocast: bool = False):
-    """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags."""
+    """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags (``model_given``:
+    ``--model`` was on the command line)."""
     from ben_cli.options import InferenceOptions
 
     name = model.value if isinstance(model, Enum) else model
     return InferenceOptions(model=name, weights=weights, device=device, precision=precision,
                             resolution=resolution, batch_size=batch_size, refiner=refiner,
                             refiner_weights=refiner_weights, compile=compile, max_refine_side=max_refine_side,
-                            autocast=autocast)
+                            autocast=autocast, model_given=given_on_command_line("model"))
+
+
+def given_on_command_line(param: str) -> bool:
+    """Whether the running command's ``param`` came from the command line (not its default)."""
+    import importlib
+
+    click = typer.Context.__mro__[1].__module__.rsplit(".", 1)[0]  # typer may vendor its own click
+    ctx = importlib.import_module(f"{click}.globals").get_current_context(silent=True)
+    source = importlib.import_module(f"{click}.core").ParameterSource.COMMANDLINE
+    return ctx is not None and ctx.get_parameter_source(param) is source
 
 
 def stderr_console(quiet: bool = False):
