@@ -47,3 +47,55 @@ def test_an_official_file_loaded_as_the_wrong_model_says_which_model_it_fits(tmp
     assert "this file is a tiny checkpoint, not 'ben-base': pass --model tiny" in err
     assert "shape mismatch" not in err and len(err.strip().splitlines()) == 1
     assert _erase(tmp_path / "a.jpg", tmp_path / "a.png", "--weights", official, "--model", "tiny") == 0
+
+
+# --------------------------------------------------------------------------- training runs as weights
+
+
+@pytest.fixture()
+def run_folder(tmp_path, tiny_checkpoint) -> Path:
+    """A training run as ``ben train`` leaves it: config.toml, best/last.safetensors, last.state.pt."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "runs" / "base"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text('model = "tiny"\n')
+    for name in ("best.safetensors", "last.safetensors"):
+        shutil.copy(tiny_checkpoint, run / name)
+    torch.save({"format": "ben_cli.train_state", "step": 3, "optimizer": {}}, run / "last.state.pt")
+    return run
+
+
+def test_a_training_run_folder_means_its_best_weights(tmp_path, run_folder, capsys):
+    _save(tmp_path / "a.jpg")
+    assert _erase(tmp_path / "a.jpg", tmp_path / "a.png", "--weights", run_folder) == 0
+    assert f"ben: warning: {run_folder} is a training run: using its best.safetensors" in capsys.readouterr().err
+
+
+def test_a_resume_state_as_weights_says_what_it_is_and_what_to_use(tmp_path, run_folder, capsys):
+    _save(tmp_path / "a.jpg")
+    assert _erase(tmp_path / "a.jpg", tmp_path / "a.png", "--weights", run_folder / "last.state.pt") == 2
+    err = capsys.readouterr().err
+    assert "a training run's resume state" in err and f"use {run_folder / 'best.safetensors'} instead" in err
+
+
+def test_run_folders_for_base_refiner_weights_and_init(run_folder, tiny_model):
+    import torch
+
+    from ben_cli.checkpoints.weights import find_refiner_weights, find_weights
+    from ben_cli.errors import BenWarning
+    from ben_cli.models.registry import build_model
+    from ben_cli.train.base import initialise
+    from ben_cli.train.config import TrainConfig
+
+    with pytest.warns(BenWarning, match="is a training run: using its best.safetensors"):
+        assert find_weights(run_folder) == run_folder / "best.safetensors"  # --weights, --base-weights
+    with pytest.warns(BenWarning, match="is a training run"):
+        assert find_refiner_weights(run_folder) == run_folder / "best.safetensors"
+    model = build_model("tiny")
+    with pytest.warns(BenWarning, match="is a training run"):
+        said = initialise(model, TrainConfig(model="tiny", init=str(run_folder)))
+    assert said == f"whole network from {run_folder / 'best.safetensors'} (ben checkpoint)"
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in model.state_dict().items())

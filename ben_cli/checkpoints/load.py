@@ -40,6 +40,8 @@ from ben_cli.checkpoints.format import (
     FORMAT,
     FORMAT_VERSION,
     METADATA_META_KEY,
+    RUN_BEST,
+    TRAIN_STATE_FORMAT,
     Checkpoint,
 )
 from ben_cli.checkpoints.save import save_checkpoint, storable_metadata
@@ -225,6 +227,9 @@ def _read_file(path: Path, kind: str) -> _Raw:
                 raise CheckpointError(f"{path}: damaged ben_cli metadata ({e})") from None
     elif kind in ("zip", "pickle"):
         obj = _torch_load(path, kind)
+        if isinstance(obj, dict) and obj.get("format") == TRAIN_STATE_FORMAT:
+            raise CheckpointError(f"{path}: a training run's resume state (optimizer, step, RNG; no weights to run): "
+                                  f"use {path.parent / RUN_BEST} instead (or last.safetensors beside it)")
         if isinstance(obj, dict) and obj.get("format") == FORMAT:
             ours, version, arch_name = True, obj.get("version", 1), obj.get("arch", "base")
             config_dict = obj.get("config")

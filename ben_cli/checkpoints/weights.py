@@ -13,11 +13,13 @@ import contextlib
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from ben_cli.checkpoints.cache import is_cache_file
-from ben_cli.errors import WeightsNotFoundError
+from ben_cli.checkpoints.format import RUN_BEST, RUN_CONFIG
+from ben_cli.errors import BenWarning, WeightsNotFoundError
 from ben_cli.models.registry import DEFAULT_MODEL, MODELS, ModelEntry, get_entry
 from ben_cli.paths import cache_dir, weights_dir
 
@@ -74,9 +76,25 @@ def find_weights(explicit: str | Path | None = None, model: str = DEFAULT_MODEL,
     raise WeightsNotFoundError(_missing_message(entry))
 
 
+def run_weights(folder: Path) -> Path | None:
+    """A training run folder's (``config.toml`` and ``best.safetensors``) weights, said once as a
+    :class:`~ben_cli.errors.BenWarning`; None for any other folder or file."""
+    best = folder / RUN_BEST
+    if not (folder.is_dir() and (folder / RUN_CONFIG).is_file() and best.is_file()):
+        return None
+    warnings.warn(BenWarning(f"{folder} is a training run: using its {RUN_BEST}"), stacklevel=3)
+    return best
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """``path``, or the weights of the training run it names (:func:`run_weights`): for ``--init``."""
+    path = Path(path).expanduser()
+    return run_weights(path) or path
+
+
 def _resolve_given(p: Path, model: str, missing: str) -> Path:
     if p.is_dir():
-        return find_in_folder(p, model)
+        return run_weights(p) or find_in_folder(p, model)
     if not p.is_file():
         raise WeightsNotFoundError(f"{missing}: {p}")
     return p
@@ -226,6 +244,8 @@ def find_refiner_weights(explicit: str | Path | None = None, *, required: bool =
 
 
 def _refiner_in_folder(folder: Path) -> Path:
+    if not (folder / REFINER_FILE).is_file() and (run := run_weights(folder)) is not None:
+        return run
     for name in (REFINER_FILE, "best.safetensors"):  # the shipped name, then a `ben train refiner` run folder
         if (folder / name).is_file():
             return folder / name

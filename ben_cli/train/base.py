@@ -112,12 +112,14 @@ def _is_swin_b(model: nn.Module) -> bool:
 def initialise(model: nn.Module, cfg: TrainConfig) -> str:
     """Initialise ``model`` as ``cfg`` says; returns a one-line description of what was used."""
     from ben_cli.checkpoints.load import load_state_dict_strict, read_checkpoint
+    from ben_cli.checkpoints.weights import checkpoint_path
 
     if cfg.init:
-        ckpt = read_checkpoint(cfg.init)
-        load_state_dict_strict(model, ckpt.state_dict, cfg.init)
+        path = checkpoint_path(cfg.init)  # a training run folder: its best.safetensors
+        ckpt = read_checkpoint(path)
+        load_state_dict_strict(model, ckpt.state_dict, str(path))
         kind = "official" if ckpt.official else "ben"
-        return f"whole network from {cfg.init} ({kind} checkpoint)"
+        return f"whole network from {path} ({kind} checkpoint)"
     if cfg.backbone_weights:
         dropped = load_backbone(model, read_state_dict(cfg.backbone_weights), cfg.backbone_weights)
         extra = f"; ignored {', '.join(dropped)}" if dropped else ""

@@ -62,7 +62,9 @@ from ben_cli.train.runtime import (
 
 def _initialise(model: nn.Module, path: str) -> str:
     from ben_cli.checkpoints.load import load_state_dict_strict, read_checkpoint
+    from ben_cli.checkpoints.weights import checkpoint_path
 
+    path = str(checkpoint_path(path))  # a training run folder: its best.safetensors
     ckpt = read_checkpoint(path)
     if ckpt.arch != "refiner":
         raise CheckpointError(f"{path}: fine-tuning needs a refiner checkpoint, not a {ckpt.arch!r} one")
