@@ -99,3 +99,40 @@ def test_run_folders_for_base_refiner_weights_and_init(run_folder, tiny_model):
         said = initialise(model, TrainConfig(model="tiny", init=str(run_folder)))
     assert said == f"whole network from {run_folder / 'best.safetensors'} (ben checkpoint)"
     assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+# --------------------------------------------------------------------------- a missing extra fails only its file
+
+
+def test_a_video_without_pyav_fails_alone_and_the_images_are_processed(tmp_path, tiny_checkpoint, capsys,
+                                                                       monkeypatch):
+    import json
+    import sys
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _save(src / "one.jpg")
+    src.joinpath("clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
+    report = tmp_path / "r.json"
+    assert _erase(src, out, "--weights", tiny_checkpoint, "--report", report) == 1
+    err = capsys.readouterr().err
+    assert 'clip.mp4: video needs PyAV: pip install "ben_cli[video]"' in err
+    assert (out / "one.png").is_file()
+    files = {Path(f["input"]).name: f["status"] for f in json.loads(report.read_text())["files"]}
+    assert files == {"one.jpg": "done", "clip.mp4": "failed"}
+    assert _erase(src / "clip.mp4", out, "--weights", tiny_checkpoint) == 2  # only videos: nothing could run
+
+
+def test_every_install_hint_has_one_form():
+    """``pip install "ben_cli[EXTRA]"`` everywhere: it works from an index and from a checkout."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    texts = {p: p.read_text() for p in [root / "README.md", *(root / "ben_cli").rglob("*.py")]}
+    bad = {str(p.relative_to(root)): m for p, t in texts.items()
+           for m in re.findall(r'pip install (?:"\.\[\w+\]"|pillow-heif|av\b|ray\b)', t)}
+    assert not bad
+    from ben_cli.errors import install_hint
+    from ben_cli.video.decode import EXTRA_HINT
+
+    assert install_hint("video") == 'pip install "ben_cli[video]"' and install_hint("video") in EXTRA_HINT

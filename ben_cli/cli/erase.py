@@ -157,10 +157,10 @@ def erase(
     check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
     plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
                      video=video_plan(video, finish))
-    if any(job.video for job in plan.jobs):
+    if plan.jobs and all(job.video for job in plan.jobs):
         from ben_cli.video import check_video_support
 
-        check_video_support()  # exit 2 naming the extra, before the model loads
+        check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
                        no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
                        engine=engine.value, ray=ray, video=video)
