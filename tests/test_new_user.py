@@ -136,3 +136,25 @@ def test_every_install_hint_has_one_form():
     from ben_cli.video.decode import EXTRA_HINT
 
     assert install_hint("video") == 'pip install "ben_cli[video]"' and install_hint("video") in EXTRA_HINT
+
+
+# --------------------------------------------------------------------------- --report on fatal errors
+
+
+def test_a_run_that_ends_with_exit_2_still_writes_its_report_with_the_error(tmp_path, tiny_checkpoint, capsys):
+    import json
+
+    _save(tmp_path / "in" / "a.jpg")
+    report = tmp_path / "r.json"
+    assert _erase(tmp_path / "in", tmp_path / "out", "--weights", tmp_path / "nope.pth", "--report", report) == 2
+    err = capsys.readouterr().err.strip()
+    got = json.loads(report.read_text())
+    assert got["run"]["error"] == err.removeprefix("ben: error: ") and "weights file not found" in err
+    assert got["files"] == []
+
+    report.unlink()  # an error while the model loads: the report holds the settings and the error
+    assert _erase(tmp_path / "in", tmp_path / "out", "--weights", tiny_checkpoint, "--model", "ben-base",
+                  "--report", report) == 2
+    got = json.loads(report.read_text())
+    assert "this file is a tiny checkpoint" in got["run"]["error"] and got["settings"]["model"] == "ben-base"
+    assert got["run"]["inputs"] == 1 and got["totals"]["done"] == 0

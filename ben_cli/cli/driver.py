@@ -3,16 +3,18 @@ model loads, planning, the run with its progress bar and signals, the report, th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from ben_cli.cli import options as opt
-from ben_cli.errors import UsageError
+from ben_cli.errors import BenError, UsageError
 
 if TYPE_CHECKING:
     from ben_cli.engines import RayOptions, RunSummary
@@ -39,6 +41,34 @@ def check_report_path(report: Path | None) -> None:
     from ben_cli.io import check_output_file
 
     check_output_file(report, "--report", "run.json")
+
+
+@contextlib.contextmanager
+def report_fatal(report: Path | None) -> Iterator[None]:
+    """The checks before a run: an error that ends it there (exit 2) still writes the ``--report``,
+    with the error's one line in ``run.error`` (nothing else to report: no input was processed)."""
+    try:
+        yield
+    except BenError as e:
+        if report is not None:
+            from ben_cli.engines.results import RunSummary
+
+            _write_report(report, RunSummary([], 0, 0.0, error=e.flag_message()), quiet=True)
+        raise
+
+
+def _write_report(report: Path, summary: RunSummary, *, quiet: bool = False) -> None:
+    """The report file; one that cannot be written is said (unless ``quiet``: the run's error was the
+    report path itself), and the run's own outcome stands."""
+    import json
+
+    from ben_cli.io import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(report, json.dumps(summary.to_json(), indent=2).encode())
+    except OSError as e:
+        if not quiet:
+                opt.print_warning(f"cannot write the report {report} ({e.strerror or e})")
 
 
 def refuse_terminal_stdout() -> None:
@@ -93,21 +123,33 @@ def base_settings(options: InferenceOptions) -> dict:
 def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers: int | None, report: Path | None,
              quiet: bool, no_bar: bool, title: str, output: OutputOptions | None = None, engine: str = "local",
              ray: RayOptions | None = None, video: VideoOptions | None = None) -> RunSummary:
-    """Run the plan on ``engine`` with a progress display; the report is written however the run ends."""
-    import json
+    """Run the plan on ``engine`` with a progress display; the report is written however the run ends
+    (an error that ends it, such as weights that do not load, in ``run.error``)."""
+    from dataclasses import replace
 
     from ben_cli.engines import create_run
-    from ben_cli.io import atomic_write_bytes
 
     console = opt.stderr_console(quiet)
-    run = create_run(engine, plan, options, output=output, overwrite=overwrite, workers=workers,
-                     settings=base_settings(options), ray=ray, quiet=quiet, video=video)
+    error = None
+    try:
+        run = create_run(engine, plan, options, output=output, overwrite=overwrite, workers=workers,
+                         settings=base_settings(options), ray=ray, quiet=quiet, video=video)
+    except BenError as e:
+        if report is not None:
+            from ben_cli.engines.results import RunSummary
+
+            _write_report(report, RunSummary([], len(plan.jobs), 0.0, settings=base_settings(options),
+                                             error=e.flag_message()))
+        raise
     try:
         summary = _execute_with_progress(run, console, quiet or no_bar)
+    except BenError as e:
+        error = e.flag_message()
+        raise
     finally:
-        summary = run.summary()
+        summary = replace(run.summary(), error=error)
         if report is not None:
-            atomic_write_bytes(report, json.dumps(summary.to_json(), indent=2).encode())
+            _write_report(report, summary)
     if os.environ.get("BEN_DEBUG"):
         for r in summary.results:
             if r.traceback:

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ben_cli.cli import options as opt
-from ben_cli.cli.driver import check_report_path, check_runnable, exit_for, make_plan, refuse_terminal_stdout, run_plan
+from ben_cli.cli.driver import (
+    check_report_path,
+    check_runnable,
+    exit_for,
+    make_plan,
+    refuse_terminal_stdout,
+    report_fatal,
+    run_plan,
+)
 from ben_cli.errors import UsageError
 from ben_cli.options import ImageFormat, OutputOptions, VideoOptions
 
@@ -130,37 +138,38 @@ def erase(
     from ben_cli.engines import RayOptions, check_engine
     from ben_cli.plan import STDIO, parse_kinds
 
-    if len(paths) < 2:
-        raise UsageError("give at least one INPUT and the OUTPUT (ben erase photos/ cutouts/)")
-    *inputs, output = paths
-    kinds = parse_kinds(save or [])
-    options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
-                                    resolution=resolution, batch_size=batch_size, refiner=refiner,
-                                    refiner_weights=refiner_weights, compile=compile,
-                                    max_refine_side=max_refine_side, autocast=autocast)
-    fmt = None if format is None else format.value
-    finish = OutputOptions(decontaminate=decontaminate, background=background,
-                           format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
-                           png_compression=png_compression)
-    video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
-                         all_frames=all_frames, smooth=smooth, crf=crf)
-    check_report_path(report)
-    ray = RayOptions(address=ray_address, gpus_per_worker=gpus_per_worker)
-    check_engine(engine.value)
-    if engine is EngineName.ray and STDIO in (output, *inputs):
-        raise UsageError("--engine ray reads and writes files, folders and URLs, not standard input or output")
-    if engine is EngineName.local and ray != RayOptions():
-        raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
-    if output == STDIO:
-        refuse_terminal_stdout()
-    # exit 2 even when every output already exists; a cluster's devices are the workers', not this machine's
-    check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
-    plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
-                     video=video_plan(video, finish))
-    if plan.jobs and all(job.video for job in plan.jobs):
-        from ben_cli.video import check_video_support
+    with report_fatal(report):  # exit 2 before any work: the report says why
+        if len(paths) < 2:
+            raise UsageError("give at least one INPUT and the OUTPUT (ben erase photos/ cutouts/)")
+        *inputs, output = paths
+        kinds = parse_kinds(save or [])
+        options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
+                                        resolution=resolution, batch_size=batch_size, refiner=refiner,
+                                        refiner_weights=refiner_weights, compile=compile,
+                                        max_refine_side=max_refine_side, autocast=autocast)
+        fmt = None if format is None else format.value
+        finish = OutputOptions(decontaminate=decontaminate, background=background,
+                               format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
+                               png_compression=png_compression)
+        video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
+                             all_frames=all_frames, smooth=smooth, crf=crf)
+        check_report_path(report)
+        ray = RayOptions(address=ray_address, gpus_per_worker=gpus_per_worker)
+        check_engine(engine.value)
+        if engine is EngineName.ray and STDIO in (output, *inputs):
+            raise UsageError("--engine ray reads and writes files, folders and URLs, not standard input or output")
+        if engine is EngineName.local and ray != RayOptions():
+            raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
+        if output == STDIO:
+            refuse_terminal_stdout()
+        # exit 2 even when every output already exists; a cluster's devices are the workers', not this machine's
+        check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
+        plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
+                         video=video_plan(video, finish))
+        if plan.jobs and all(job.video for job in plan.jobs):
+            from ben_cli.video import check_video_support
 
-        check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
+            check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
                        no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
                        engine=engine.value, ray=ray, video=video)

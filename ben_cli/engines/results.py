@@ -31,7 +31,8 @@ class RunSummary:
     """The results of a run, in input order, with its settings and timings.
 
     ``seconds`` counts from the end of model loading (so images/s excludes it);
-    ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None.
+    ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None; ``error`` the one
+    line of the error that ended it (exit 2: weights, device, usage), or None.
     """
 
     results: list[FileResult]
@@ -40,6 +41,7 @@ class RunSummary:
     load_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     interrupted: str | None = None
+    error: str | None = None
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -52,7 +54,7 @@ class RunSummary:
         totals: dict[str, Any] = {s: self.count(s) for s in STATUSES}
         totals.update(seconds=round(self.seconds, 3), images_per_second=round(self.images_per_second, 3))
         run = {"inputs": self.total, "not_processed": self.total - len(self.results),
-               "load_seconds": round(self.load_seconds, 3), "interrupted": self.interrupted}
+               "load_seconds": round(self.load_seconds, 3), "interrupted": self.interrupted, "error": self.error}
         files = [{k: v for k, v in asdict(r).items() if k != "traceback" and not (k == "frames" and v is None)}
                  for r in self.results]
         return {"settings": self.settings, "run": run, "totals": totals, "files": files}
