@@ -158,3 +158,45 @@ def test_a_run_that_ends_with_exit_2_still_writes_its_report_with_the_error(tmp_
     got = json.loads(report.read_text())
     assert "this file is a tiny checkpoint" in got["run"]["error"] and got["settings"]["model"] == "ben-base"
     assert got["run"]["inputs"] == 1 and got["totals"]["done"] == 0
+
+
+# --------------------------------------------------------------------------- messages and help
+
+
+def test_click_usage_errors_are_one_line_with_the_choices(capsys):
+    assert main(["erase", "a.jpg", "out/", "--model", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("ben: error: invalid value for --model/-m: 'huge' is not one of 'ben2-base', 'ben-base', "
+                   "'tiny' (see 'ben erase -h')\n")
+    assert main(["weights", "convert", "--bogus"]) == 2
+    assert capsys.readouterr().err == "ben: error: no such option: --bogus (see 'ben weights convert -h')\n"
+
+
+def test_weights_takes_model_before_a_subcommand(places, capsys):
+    assert main(["weights", "-m", "ben2-base"]) == 1  # nothing found here, but listed
+    err = capsys.readouterr().err
+    assert err.startswith("ben2-base: BEN2_Base.pth") and "tiny:" not in err
+
+
+def _help(capsys, monkeypatch, *argv: str) -> str:
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([*argv, "-h"]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["erase"], ["trimap"], ["eval"], ["bench"], ["weights", "convert"],
+                                  ["train", "base"], ["train", "refiner"]])
+def test_help_at_80_columns_cuts_nothing_and_shows_no_bool_placeholder(argv, capsys, monkeypatch):
+    out = _help(capsys, monkeypatch, *argv)
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert "…" not in out and "<bool>" not in out and "{" not in usage
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_erase_help_shows_the_flags_the_save_default_and_a_plain_usage_line(capsys, monkeypatch):
+    out = _help(capsys, monkeypatch, "erase")
+    assert "erase [OPTIONS] INPUT... OUTPUT " in out and "--no-decontaminate" in out
+    words = " ".join(line.strip("│ ") for line in out.splitlines())
+    assert "[default: cutout]" in " ".join(words.split())
+    assert "one table column each" in " ".join(
+        line.strip("│ ") for line in _help(capsys, monkeypatch, "bench").splitlines())

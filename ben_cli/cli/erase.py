@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ben_cli.plan import VideoPlan
 
 SAVE_HELP = ("What to write: cutout (RGBA <stem>.png), alpha (<stem>.alpha.png), trimap (<stem>.trimap.png), "
-             "overlay (<stem>.overlay.png, the trimap over the image). Repeat or comma-separate.")
+             "overlay (<stem>.overlay.png, the trimap over the image). Repeat or comma-separate. \\[default: cutout]")
 PATHS_HELP = ("Inputs, then OUTPUT. Inputs: image files, folders (walked recursively) or - for stdin. OUTPUT: a "
               "folder (mirrors a single input folder; created if missing), a .png file (one input image), or - for "
               "stdout. Folders and files may be fsspec URLs (s3://bucket/photos, gs://..., file://...).")
@@ -35,9 +35,10 @@ Report = Annotated[Path | None, typer.Option("--report", metavar="FILE.json", sh
                                              help="Write the settings, per-file results and totals as JSON "
                                              "(also when the run is interrupted).")]
 _LOOK = "Finishing"
-Decontaminate = Annotated[bool, typer.Option("--decontaminate/--no-decontaminate", rich_help_panel=_LOOK,
-                                             help="Give semi-transparent cutout pixels their estimated foreground "
-                                             "colour, so no halo of the old background shows on a new one.")]
+NoDecontaminate = Annotated[bool, typer.Option("--no-decontaminate", metavar="", rich_help_panel=_LOOK,
+                                               help="Keep the image's colours in semi-transparent cutout pixels. By "
+                                               "default they get their estimated foreground colour, so no halo of "
+                                               "the old background shows on a new one.")]
 Background = Annotated[str | None, typer.Option("--background", metavar="COLOR|IMAGE", rich_help_panel=_LOOK,
                                                 show_default=False,
                                                 help="Flatten cutouts onto a colour (white, #00ff00, 0,255,0) or an "
@@ -55,7 +56,8 @@ class FileFormat(str, Enum):
     mp4 = "mp4"
 
 
-Format = Annotated[FileFormat | None, typer.Option("--format", rich_help_panel=_LOOK, show_default=False,
+Format = Annotated[FileFormat | None, typer.Option("--format", metavar="FMT", rich_help_panel=_LOOK,
+                                                   show_default=False,
                                                    help="Cutout format. Images: png (default), jpg, webp (these two "
                                                    "need --background). Videos: webm (VP9 with alpha, default), "
                                                    "mov (ProRes 4444), mp4 (H.264, needs --background).")]
@@ -117,7 +119,7 @@ def erase(
     compile: opt.Compile = False,
     autocast: opt.Autocast = False,
     max_refine_side: opt.MaxRefineSide = None,
-    decontaminate: Decontaminate = True,
+    no_decontaminate: NoDecontaminate = False,
     background: Background = None,
     format: Format = None,
     threshold: Threshold = None,
@@ -148,7 +150,7 @@ def erase(
                                         refiner_weights=refiner_weights, compile=compile,
                                         max_refine_side=max_refine_side, autocast=autocast)
         fmt = None if format is None else format.value
-        finish = OutputOptions(decontaminate=decontaminate, background=background,
+        finish = OutputOptions(decontaminate=not no_decontaminate, background=background,
                                format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
                                png_compression=png_compression)
         video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
@@ -192,4 +194,4 @@ def video_plan(video: VideoOptions, output: OutputOptions) -> VideoPlan | None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("erase")(erase)
+    app.command("erase", cls=opt.Command)(erase)

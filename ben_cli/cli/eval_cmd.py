@@ -325,4 +325,4 @@ def _warn_undefined(evaluation: Evaluation) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``ben eval`` to the root app."""
-    app.command("eval")(eval_command)
+    app.command("eval", cls=opt.Command)(eval_command)

@@ -9,15 +9,55 @@ Choices are Enums so ``--help`` lists them; values are validated once, by
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from ben_cli.models.registry import MODELS
 from ben_cli.options import Precision, Refiner
+
+
+def _usage_piece(piece: str) -> str:
+    """typer's ``{INPUT... OUTPUT}...`` for a required argument -> ``INPUT... OUTPUT`` (``{IMAGE}`` -> ``IMAGE``)."""
+    m = re.fullmatch(r"\{(.+)\}(\.\.\.)?", piece)
+    if m is None:
+        return piece
+    return m[1] if "..." in m[1] or not m[2] else m[1] + "..."
+
+
+class _BenHelp:
+    """What every ``ben`` command's help shows: no value placeholder after ``-h``/``--help`` or any other
+    flag (typer shows ``<bool>``), and required arguments as their names in the usage line."""
+
+    def get_params(self, ctx) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [_usage_piece(p) for p in super().collect_usage_pieces(ctx)]  # type: ignore[misc]
+
+
+class Command(_BenHelp, TyperCommand):
+    """A ``ben`` command (``app.command(name, cls=Command)``)."""
+
+
+class Group(_BenHelp, TyperGroup):
+    """A ``ben`` command group (``typer.Typer(cls=Group)``)."""
+
 
 ModelName = Enum("ModelName", {name.replace("-", "_"): name for name in MODELS}, type=str)  # type: ignore[misc]
 """The registry's model names, as an Enum for typer."""
@@ -26,8 +66,9 @@ _MODEL = "Model"
 
 Model = Annotated[
     ModelName,
-    typer.Option("--model", "-m", help="Network and its official checkpoint: ben2-base (BEN2_Base.pth), "
-                 "ben-base (the paper's BEN_Base.pth), tiny (tests).", rich_help_panel=_MODEL),
+    typer.Option("--model", "-m", metavar="NAME", rich_help_panel=_MODEL,
+                 help="Network and its official checkpoint: ben2-base (BEN2_Base.pth), ben-base (the paper's "
+                 "BEN_Base.pth), tiny (tests)."),
 ]
 Weights = Annotated[
     Path | None,
@@ -39,18 +80,19 @@ Device = Annotated[str, typer.Option("--device", metavar="DEVICE", rich_help_pan
                                      help="auto, cpu, cuda, cuda:N or mps (a missing device is an error). "
                                      "Several GPUs: cuda (or auto) uses every visible GPU, cuda:0,cuda:2 a subset; "
                                      "one model replica per device.")]
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA and MPS, fp32 on the CPU. "
-                                                 "fp16/bf16 cast the model once; on the CPU bf16 is fast only with "
-                                                 "AVX512-BF16 or AMX, fp16 mostly slow (warned).",
-                                                 rich_help_panel=_MODEL)]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", metavar="P", rich_help_panel=_MODEL,
+                                                 help="auto, fp32, fp16, bf16. auto: fp16 on CUDA and MPS, fp32 on "
+                                                 "the CPU. fp16/bf16 cast the model once; on the CPU bf16 is fast "
+                                                 "only with AVX512-BF16 or AMX, fp16 mostly slow (warned).")]
 Resolution = Annotated[int, typer.Option("--resolution", metavar="N", rich_help_panel=_MODEL,
                                          help="Model input side: a multiple of 128, at least 256.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", "-b", metavar="N", rich_help_panel=_MODEL,
                                                show_default=False,
                                                help="Images per forward pass (at least 1). Default: 8 on CUDA, "
                                                "4 on MPS, 1 on the CPU (faster there).")]
-RefinerOpt = Annotated[Refiner, typer.Option("--refiner", help="What re-estimates the trimap's gray band: auto "
-                                             "(the best available), net, matting, none.", rich_help_panel=_MODEL)]
+RefinerOpt = Annotated[Refiner, typer.Option("--refiner", metavar="R", rich_help_panel=_MODEL,
+                                             help="What re-estimates the trimap's gray band: auto (the best "
+                                             "available), net, matting, none.")]
 RefinerWeights = Annotated[Path | None, typer.Option("--refiner-weights", metavar="PATH", show_default=False,
                                                      help="Refiner network checkpoint.", rich_help_panel=_MODEL)]
 Compile = Annotated[bool, typer.Option("--compile", metavar="", rich_help_panel=_MODEL,

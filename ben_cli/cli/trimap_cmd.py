@@ -12,8 +12,10 @@ from ben_cli.errors import UsageError
 
 
 def trimap(
-    image: Annotated[str, typer.Argument(help="Image file, folder (walked recursively) or - for stdin.")],
-    output: Annotated[str | None, typer.Argument(help="A .png file (one image), a folder, or - for stdout. "
+    image: Annotated[str, typer.Argument(metavar="IMAGE",
+                                         help="Image file, folder (walked recursively) or - for stdin.")],
+    output: Annotated[str | None, typer.Argument(metavar="OUTPUT",
+                                                 help="A .png file (one image), a folder, or - for stdout. "
                                                       "Default: <stem>.trimap.png beside each image.",
                                                  show_default=False)] = None,
     overlay: Annotated[bool, typer.Option("--overlay", metavar="", help="Also write <stem>.overlay.png: the image with "
@@ -76,4 +78,4 @@ def _single(image: str, out: Path, kinds: tuple[str, ...]):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("trimap")(trimap)
+    app.command("trimap", cls=opt.Command)(trimap)
