@@ -200,3 +200,58 @@ def test_erase_help_shows_the_flags_the_save_default_and_a_plain_usage_line(caps
     assert "[default: cutout]" in " ".join(words.split())
     assert "one table column each" in " ".join(
         line.strip("│ ") for line in _help(capsys, monkeypatch, "bench").splitlines())
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def test_a_run_with_everything_skipped_shows_no_unresolved_settings(tmp_path, tiny_checkpoint, capsys):
+    import shutil
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copy(tiny_checkpoint, folder / "tiny.safetensors")
+    _save(tmp_path / "in" / "a.jpg")
+    args = ["erase", str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(folder), "--resolution", "256"]
+    assert main([*args, "-q"]) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped (outputs exist)" in err and "version" in err
+    assert str(folder) not in err and "auto" not in err
+
+
+def test_a_video_rate_counts_frames():
+    from ben_cli.cli.driver import summary_line
+    from ben_cli.engines.results import FileResult, RunSummary
+
+    summary = RunSummary([FileResult("clip.mp4", "done", frames=20)], 1, 2.0, loaded=True)
+    assert summary.frames_per_second == 10.0 and summary.images_per_second == 0.0
+    assert summary.to_json()["totals"]["frames_per_second"] == 10.0
+    assert summary_line(summary, "ben erase") == "ben erase: 1 done (20 frames) in 2.0 s"
+
+
+def test_trimap_of_one_file_prints_a_one_line_summary(tmp_path, tiny_checkpoint, capsys):
+    _save(tmp_path / "a.jpg")
+    assert main(["trimap", str(tmp_path / "a.jpg"), "--weights", str(tiny_checkpoint), "--resolution", "256",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ben: ben trimap: 1 done in ")
+
+
+def test_a_pipe_prints_a_one_line_summary_unless_verbose(tmp_path, tiny_checkpoint):
+    import os
+    import subprocess
+    import sys
+
+    _save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    base = [sys.executable, "-m", "ben_cli", "erase", "-", "-", "--weights", str(tiny_checkpoint), "--resolution",
+            "256", "--device", "cpu", "--refiner", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(base, input=data, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith(b"\x89PNG")
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ben: ben erase: 1 done in "), lines
+    proc = subprocess.run([*base, "-v"], input=data, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "skipped (outputs exist)" in proc.stderr.decode()

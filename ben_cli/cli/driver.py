@@ -122,9 +122,10 @@ def base_settings(options: InferenceOptions) -> dict:
 
 def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers: int | None, report: Path | None,
              quiet: bool, no_bar: bool, title: str, output: OutputOptions | None = None, engine: str = "local",
-             ray: RayOptions | None = None, video: VideoOptions | None = None) -> RunSummary:
+             ray: RayOptions | None = None, video: VideoOptions | None = None, one_line: bool = False) -> RunSummary:
     """Run the plan on ``engine`` with a progress display; the report is written however the run ends
-    (an error that ends it, such as weights that do not load, in ``run.error``)."""
+    (an error that ends it, such as weights that do not load, in ``run.error``). ``one_line``: the
+    summary as one line (pipes, single files) instead of the table."""
     from dataclasses import replace
 
     from ben_cli.engines import create_run
@@ -155,11 +156,22 @@ def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers:
             if r.traceback:
                 print(r.traceback, file=sys.stderr)
     if summary.interrupted:
-        done = summary.count("done") + summary.count("skipped")
-        opt.print_error(f"interrupted: {done} of {summary.total} done; run again to resume")
-    if not quiet:
+        skipped = summary.count("skipped")
+        also = f" ({skipped} skipped: outputs exist)" if skipped else ""
+        opt.print_error(f"interrupted: {summary.count('done')} of {summary.total} done{also}; run again to resume")
+    if not quiet and one_line:
+        opt.print_error(summary_line(summary, title))
+    elif not quiet:
         print_summary(console, summary, title)
     return summary
+
+
+def summary_line(summary: RunSummary, title: str) -> str:
+    """The run in one line (for pipes and single files): counts, time, loading time."""
+    counts = [f"{summary.count(s)} {s}" for s in ("done", "skipped", "failed") if summary.count(s) or s == "done"]
+    frames = f" ({summary.frames} frames)" if summary.frames else ""
+    loading = f" (+{summary.load_seconds:.1f} s loading)" if summary.load_seconds else ""
+    return f"{title}: {', '.join(counts)}{frames} in {summary.seconds:.1f} s{loading}"
 
 
 def exit_for(summary: RunSummary) -> None:
@@ -242,8 +254,14 @@ def print_summary(console, summary: RunSummary, title: str) -> None:
         table.add_row("not processed", str(summary.total - len(summary.results)))
     table.add_row("time", f"{summary.seconds:.1f} s" + (f" (+{summary.load_seconds:.1f} s loading)"
                                                         if summary.load_seconds else ""))
-    table.add_row("images / s", f"{summary.images_per_second:.2f}")
-    for key in ("weights", "model", "resolution", "device", "precision", "refiner", "version"):
+    if summary.frames:
+        table.add_row("frames / s", f"{summary.frames_per_second:.2f}")
+    if not summary.frames or summary.images_per_second:
+        table.add_row("images / s", f"{summary.images_per_second:.2f}")
+    # the settings as resolved by the loaded model; before loading (everything skipped) only the version
+    keys = ("weights", "model", "resolution", "device", "precision", "refiner", "version") if summary.loaded \
+        else ("version",)
+    for key in keys:
         value = summary.settings.get(key)
         if value is not None:
             table.add_row(key, str(value), style="dim")

@@ -135,6 +135,7 @@ def erase(
     smooth: Smooth = 0,
     crf: Crf = None,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Remove the background of images and videos: BEN Base -> confidence trimap -> refiner."""
     from ben_cli.engines import RayOptions, check_engine
@@ -174,7 +175,7 @@ def erase(
             check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
                        no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
-                       engine=engine.value, ray=ray, video=video)
+                       engine=engine.value, ray=ray, video=video, one_line=output == STDIO and not verbose)
     exit_for(summary)
 
 

@@ -106,6 +106,9 @@ MaxRefineSide = Annotated[int | None, typer.Option("--max-refine-side", metavar=
                                                    help="Refine images larger than the model side at full "
                                                    "resolution, up to N pixels on the long side (default: no cap).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar and no summary.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", metavar="",
+                                       help="The whole summary table for pipes too (default there: one line), "
+                                       "and the engine's own log lines.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", metavar="", help="Redo outputs that already exist.")]
 
 

@@ -52,8 +52,8 @@ def trimap(
         plan = _single(image, Path(output), kinds)
     else:
         plan = make_plan([image], output, kinds)
-    summary = run_plan(plan, options, overwrite=overwrite, workers=None, report=None,
-                       quiet=quiet or len(plan.jobs) == 1, no_bar=output == STDIO, title="ben trimap")
+    summary = run_plan(plan, options, overwrite=overwrite, workers=None, report=None, quiet=quiet,
+                       no_bar=output == STDIO, title="ben trimap", one_line=len(plan.jobs) == 1)
     skipped = [r for r in summary.results if r.status == "skipped"]
     if skipped and len(plan.jobs) == 1:
         opt.print_error(f"{', '.join(skipped[0].outputs)} exists; use --overwrite to replace it")

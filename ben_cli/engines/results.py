@@ -32,7 +32,8 @@ class RunSummary:
 
     ``seconds`` counts from the end of model loading (so images/s excludes it);
     ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None; ``error`` the one
-    line of the error that ended it (exit 2: weights, device, usage), or None.
+    line of the error that ended it (exit 2: weights, device, usage), or None; ``loaded``: the model
+    was loaded, so ``settings`` hold what the options resolved to (the device, the weights file).
     """
 
     results: list[FileResult]
@@ -42,17 +43,31 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     interrupted: str | None = None
     error: str | None = None
+    loaded: bool = False
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
 
     @property
     def images_per_second(self) -> float:
-        return self.count("done") / self.seconds if self.seconds > 0 else 0.0
+        """Images done (videos not counted: see :attr:`frames_per_second`) per second."""
+        images = sum(r.status == "done" and r.frames is None for r in self.results)
+        return images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def frames(self) -> int:
+        """Video frames written by the videos done."""
+        return sum(r.frames or 0 for r in self.results if r.status == "done")
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         totals: dict[str, Any] = {s: self.count(s) for s in STATUSES}
         totals.update(seconds=round(self.seconds, 3), images_per_second=round(self.images_per_second, 3))
+        if any(r.frames is not None for r in self.results):
+            totals.update(frames=self.frames, frames_per_second=round(self.frames_per_second, 3))
         run = {"inputs": self.total, "not_processed": self.total - len(self.results),
                "load_seconds": round(self.load_seconds, 3), "interrupted": self.interrupted, "error": self.error}
         files = [{k: v for k, v in asdict(r).items() if k != "traceback" and not (k == "frames" and v is None)}
@@ -138,4 +153,4 @@ class Results:
         results = sorted(self.results, key=lambda r: order.get(r.input, len(order)))
         start = self._loaded_at if self._loaded_at is not None else self._started
         return RunSummary(results, len(self.jobs), time.perf_counter() - start, self.load_seconds,
-                          dict(self.settings), self.interrupted)
+                          dict(self.settings), self.interrupted, loaded=self._loaded_at is not None)
