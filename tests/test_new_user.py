@@ -255,3 +255,31 @@ def test_a_pipe_prints_a_one_line_summary_unless_verbose(tmp_path, tiny_checkpoi
     assert len(lines) == 1 and lines[0].startswith("ben: ben erase: 1 done in "), lines
     proc = subprocess.run([*base, "-v"], input=data, capture_output=True, env=env, timeout=300)
     assert proc.returncode == 0 and "skipped (outputs exist)" in proc.stderr.decode()
+
+
+# --------------------------------------------------------------------------- ben train base
+
+
+def test_an_existing_run_is_refused_before_the_data_scan(tmp_path, monkeypatch, capsys):
+    import ben_cli.train.base as base
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("{}\n")
+    monkeypatch.setattr(base, "scan_dataset", lambda *a, **k: pytest.fail("scanned the data first"))
+    assert main(["train", "base", "--data", str(tmp_path / "data"), "--out", str(run), "--model", "tiny",
+                 "--device", "cpu"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_an_image_is_named_as_such(tmp_path):
+    from ben_cli.train.data import scan_pairs
+
+    for kind in ("im", "gt"):
+        (tmp_path / kind).mkdir()
+    _save(tmp_path / "im" / "a.jpg")
+    (tmp_path / "gt" / "a.txt").write_text("not a mask")
+    _save(tmp_path / "im" / "b.jpg")
+    scan = scan_pairs(tmp_path, decode=False)
+    assert {b.name: b.reason for b in scan.bad} == {"im/a.jpg": "gt/a.txt is not an image",
+                                                    "im/b.jpg": "no mask gt/b.*"}

@@ -142,7 +142,7 @@ _HUB_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _fail_fast_hub() -> Iterator[None]:
+def fail_fast_hub() -> Iterator[None]:
     """While downloading: no retry loop when the Hub cannot be reached, and no retry chatter.
 
     huggingface_hub retries a failed metadata request with back-off (about 25 s
@@ -200,7 +200,7 @@ def download_weights(model: str = DEFAULT_MODEL) -> Path:
     try:
         import huggingface_hub
 
-        with _fail_fast_hub():
+        with fail_fast_hub():
             path = huggingface_hub.hf_hub_download(entry.repo_id, entry.filename, local_dir=target,
                                                    etag_timeout=ETAG_TIMEOUT_S)
     except Exception as e:

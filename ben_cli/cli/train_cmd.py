@@ -84,8 +84,7 @@ LrOpt = Annotated[float | None, typer.Option("--lr", rich_help_panel=_OPT, show_
                                                   f"{_lr(REFINER_LR['refiner'])}, {_lr(REFINER_FINE_TUNE_LR)} "
                                                   f"with --init; {_lr(LR_BY_MODEL['tiny'])} for tiny).")]
 StrictOpt = Annotated[bool | None, typer.Option("--strict/--no-strict", rich_help_panel=_DATA, show_default=False,
-                                                help="Fail on bad pairs (and, for the base, on missing pretrained "
-                                                     "weights) instead of skipping.")]
+                                                help="Fail on bad pairs instead of skipping them.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", metavar="RUN", rich_help_panel=_RUN, show_default=False,
                                              help="Run folder: log.jsonl, config.toml, loss.png, "
                                                   "best/last checkpoints.")]
@@ -151,6 +150,10 @@ def base(
         "--backbone-weights", metavar="PATH", rich_help_panel=_INIT, show_default=False,
         help="Swin weights (timm-format state dict) for offline starts. Default: timm's ImageNet "
              "Swin-B that MVANet starts from, downloaded.")] = None,
+    random_init: Annotated[bool | None, typer.Option(
+        "--random-init", rich_help_panel=_INIT, show_default=False,
+        help="Train the full model from random weights (without it, a start with no pretrained weights "
+             "within reach is refused).")] = None,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     resume: ResumeOpt = None,

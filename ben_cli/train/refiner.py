@@ -137,6 +137,10 @@ def train_refiner(cfg: RefinerTrainConfig, *, resume: bool = False, on_step: Ste
 
     cfg = cfg.resolved()
     require_run_folders(cfg.data, cfg.out, "a folder with im/ and gt/: images and their alpha mattes or masks")
+    if not resume:
+        from ben_cli.train.state import refuse_existing_run
+
+        refuse_existing_run(Path(cfg.out))  # before the data scan and the base's predictions
     rt = setup_runtime(cfg.device)
     try:
         dtype = resolve_train_dtype(cfg.precision, rt.device)
