@@ -287,11 +287,14 @@ class VideoOptions:
 
 @dataclass(frozen=True)
 class RayOptions:
-    """The ray engine's own settings: the cluster to join (None: ``$RAY_ADDRESS``, else a runtime started here)
-    and the GPUs of each model actor (None: 1 when the cluster has GPUs, else 0 and the CPU)."""
+    """The ray engine's own settings: the cluster to join (None: ``$RAY_ADDRESS``, else the Ray already
+    running on this machine, else a runtime started here; ``"local"``: always a runtime started here),
+    the GPUs of each model actor (None: 1 when the cluster has GPUs, else 0 and the CPU), and
+    ``verbose``: Ray's own INFO lines on stderr (by default only its warnings)."""
 
     address: str | None = None
     gpus_per_worker: float | None = None
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:

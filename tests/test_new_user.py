@@ -283,3 +283,38 @@ def test_a_file_that_is_not_an_image_is_named_as_such(tmp_path):
     scan = scan_pairs(tmp_path, decode=False)
     assert {b.name: b.reason for b in scan.bad} == {"im/a.jpg": "gt/a.txt is not an image",
                                                     "im/b.jpg": "no mask gt/b.*"}
+
+
+# --------------------------------------------------------------------------- --engine ray with a Ray running here
+
+
+def test_ray_already_running_here_is_joined_without_sizes(monkeypatch):
+    import logging
+    import warnings
+
+    ray = pytest.importorskip("ray")
+    from ben_cli.engines.ray import _connect
+    from ben_cli.errors import BenWarning
+
+    calls: list[dict] = []
+
+    def init(**kwargs):  # what ray.init does when a cluster runs on this machine and sizes are given
+        calls.append(kwargs)
+        if "num_cpus" in kwargs:
+            raise ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert _connect(None, quiet=False) is True
+    assert [str(w.message) for w in said if issubclass(w.category, BenWarning)] == [
+        "joining the Ray already running on this machine (ray_address local starts a separate one)"]
+    assert calls[1]["address"] == "auto" and "num_cpus" not in calls[1]
+    assert all(c["logging_level"] == logging.WARNING for c in calls)  # Ray's INFO lines only with -v
+    calls.clear()
+    with pytest.raises(ValueError):
+        _connect("local", quiet=False, verbose=True)  # local: a runtime of its own, never the one running here
+    assert calls == [{"address": "local", "num_cpus": calls[0]["num_cpus"], "include_dashboard": False,
+                      "log_to_driver": True, "logging_level": logging.INFO}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -97,7 +98,8 @@ EngineOpt = Annotated[EngineName, typer.Option("--engine", rich_help_panel=_ENGI
 RayAddress = Annotated[str | None, typer.Option("--ray-address", metavar="ADDR", rich_help_panel=_ENGINE,
                                                 show_default=False,
                                                 help="Ray cluster to join (ray://host:10001, host:6379, auto). "
-                                                "Default: $RAY_ADDRESS, else start Ray on this machine.")]
+                                                "Default: $RAY_ADDRESS, else the Ray running on this machine, "
+                                                "else start one here (local: always start one).")]
 GpusPerWorker = Annotated[float | None, typer.Option("--gpus-per-worker", min=0, metavar="G", rich_help_panel=_ENGINE,
                                                      show_default=False,
                                                      help="GPUs of each ray model actor (default: 1 when the "
@@ -175,7 +177,8 @@ def erase(
             check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
                        no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
-                       engine=engine.value, ray=ray, video=video, one_line=output == STDIO and not verbose)
+                       engine=engine.value, ray=replace(ray, verbose=verbose) if engine is EngineName.ray else ray,
+                       video=video, one_line=output == STDIO and not verbose)
     exit_for(summary)
 
 
