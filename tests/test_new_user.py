@@ -318,3 +318,31 @@ def test_ray_already_running_here_is_joined_without_sizes(monkeypatch):
         _connect("local", quiet=False, verbose=True)  # local: a runtime of its own, never the one running here
     assert calls == [{"address": "local", "num_cpus": calls[0]["num_cpus"], "include_dashboard": False,
                       "log_to_driver": True, "logging_level": logging.INFO}]
+
+
+# --------------------------------------------------------------------------- the Python API
+
+
+def test_remove_takes_the_model_load_model_returns(tiny_checkpoint):
+    import ben_cli
+
+    model = ben_cli.load_model(tiny_checkpoint)
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    cutout = ben_cli.remove(image, model=model, resolution=256, refiner="none")
+    assert cutout.mode == "RGBA" and cutout.size == (56, 40)
+    again = ben_cli.remove(image, weights=tiny_checkpoint, device="cpu", resolution=256, refiner="none")
+    assert np.array_equal(np.asarray(cutout), np.asarray(again))  # the same network either way
+    from ben_cli.errors import OptionError
+
+    with pytest.raises(OptionError, match="not both"):
+        ben_cli.remove(image, model=model, weights=tiny_checkpoint)
+    ben_cli.api.clear_cache()
+
+
+def test_the_readme_python_snippet_imports_what_it_uses():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "ben_cli.remove" in block)
+    compile(snippet, "README.md", "exec")
+    assert "from PIL import Image" in snippet and "PIL.Image" not in snippet and "model=model" in snippet
