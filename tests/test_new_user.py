@@ -346,3 +346,38 @@ def test_the_readme_python_snippet_imports_what_it_uses():
     snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "ben_cli.remove" in block)
     compile(snippet, "README.md", "exec")
     assert "from PIL import Image" in snippet and "PIL.Image" not in snippet and "model=model" in snippet
+
+
+# --------------------------------------------------------------------------- housekeeping
+
+
+def test_the_suite_never_writes_the_real_home_cache():
+    import os
+
+    from ben_cli.paths import cache_dir
+
+    home = Path.home().resolve()
+    assert not cache_dir().resolve().is_relative_to(home)
+    assert not Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).resolve().is_relative_to(home)
+
+
+def test_an_offline_first_run_leaves_no_hub_lock(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BEN_CACHE_DIR": str(cache)}
+    code = ("from ben_cli.checkpoints.weights import download_weights\n"
+            "from ben_cli.errors import WeightsNotFoundError\n"
+            "try:\n    download_weights('ben2-base')\nexcept WeightsNotFoundError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "BEN2_Base.pth not found" in proc.stdout, proc.stderr
+    assert not cache.exists() or not [p for p in cache.rglob("*")], list(cache.rglob("*"))
+
+
+def test_the_readme_says_how_long_the_tests_take_and_has_no_stray_notes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "FACTS:" not in readme
+    test_section = readme.split("## Test", 1)[1].split("\n## ", 1)[0]
+    assert "minutes" in test_section

@@ -204,10 +204,29 @@ def download_weights(model: str = DEFAULT_MODEL) -> Path:
             path = huggingface_hub.hf_hub_download(entry.repo_id, entry.filename, local_dir=target,
                                                    etag_timeout=ETAG_TIMEOUT_S)
     except Exception as e:
+        _drop_hub_leftovers(target, entry.filename)
         raise WeightsNotFoundError(
             f"{_missing_message(entry)}; download from {entry.repo_id} failed ({_download_reason(e)})"
         ) from None
     return Path(path)
+
+
+_HUB_BOILERPLATE = ("CACHEDIR.TAG", ".gitignore")  # what huggingface_hub writes into every local_dir's .cache
+
+
+def _drop_hub_leftovers(target: Path, filename: str) -> None:
+    """After a failed download into ``target``: remove the lock huggingface_hub left for ``filename``
+    and the ``.cache/huggingface`` folders it made, when nothing else is in them (a partial
+    download, kept for resuming, keeps them)."""
+    hub = target / ".cache" / "huggingface"
+    with contextlib.suppress(OSError):
+        (hub / "download" / f"{filename}.lock").unlink(missing_ok=True)
+        (hub / "download").rmdir()  # only when empty
+        if {p.name for p in hub.iterdir()} <= set(_HUB_BOILERPLATE):
+            for name in _HUB_BOILERPLATE:
+                (hub / name).unlink(missing_ok=True)
+            hub.rmdir()
+            hub.parent.rmdir()
 
 
 REFINER_FILE = "BEN_Refiner.safetensors"
