@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL import Image
+    from torch import nn
 
     from ben_cli.models.ben import BenBase
     from ben_cli.options import InferenceOptions
@@ -42,12 +43,28 @@ def get_eraser(options: InferenceOptions) -> Eraser:
         return _eraser(options)
 
 
-def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path | None = None,
+@functools.lru_cache(maxsize=2)
+def _module_eraser(net: nn.Module, options: InferenceOptions) -> Eraser:
+    """An Eraser around a network already loaded (:func:`load_model`): on ``options.device`` (``auto``:
+    where the network's weights are), in ``options.precision``, with ``options``' refiner."""
+    from ben_cli.device import resolve_device, resolve_dtype
+    from ben_cli.eraser_build import build_refiner
+    from ben_cli.pipeline import Eraser
+
+    device = next(net.parameters()).device if options.device == "auto" else resolve_device(options.device)
+    dtype = resolve_dtype(options.precision.value, device)
+    return Eraser(net, device=device, dtype=dtype, resolution=options.resolution, batch_size=1,
+                  refiner=build_refiner(options, device))
+
+
+def remove(image: Image.Image, *, model: str | nn.Module = "ben2-base", weights: str | Path | None = None,
            device: str = "auto", precision: str = "auto", resolution: int = 1024, refiner: str = "auto",
            output: str = "cutout", decontaminate: bool = True, background: str | None = None,
            threshold: float | None = None) -> Image.Image:
     """Remove the background of one Pillow image.
 
+    ``model``: a registry name (its weights found as ``ben erase`` finds them, or ``weights``), or
+    a network returned by :func:`load_model` (then ``device="auto"`` is where its weights are).
     ``output="cutout"`` gives an RGBA image (new alpha, the input's own transparency and
     ICC profile kept; semi-transparent pixels decontaminated unless ``decontaminate=False``;
     flattened to RGB on ``background``, a colour or an image file); ``"alpha"`` gives
@@ -58,19 +75,27 @@ def remove(image: Image.Image, *, model: str = "ben2-base", weights: str | Path 
     """
     from PIL import Image
 
+    from ben_cli.errors import OptionError
     from ben_cli.io import from_pil
     from ben_cli.options import InferenceOptions, OutputOptions
     from ben_cli.output import load_background, render
 
-    options = InferenceOptions(model=model, weights=None if weights is None else Path(weights), device=device,
+    net = None if isinstance(model, str) else model
+    if net is not None and weights is not None:
+        raise OptionError("weights", "{flag} names a checkpoint: give it or a loaded model as {opt:model}, not both")
+    options = InferenceOptions(model=model if net is None else "ben2-base",
+                               weights=None if weights is None else Path(weights), device=device,
                                precision=precision, resolution=resolution, batch_size=1, refiner=refiner)
     if output not in ("cutout", "alpha", "trimap"):
-        from ben_cli.errors import OptionError
-
         raise OptionError("output", f"unknown output {output!r} (use cutout, alpha or trimap)")
     finish = OutputOptions(decontaminate=decontaminate, background=background, threshold=threshold)
     loaded = from_pil(image)
-    pred = get_eraser(options).predict([loaded.rgb], want_trimap=output == "trimap")[0]
+    if net is None:
+        eraser = get_eraser(options)
+    else:
+        with _LOCK:
+            eraser = _module_eraser(net, options)
+    pred = eraser.predict([loaded.rgb], want_trimap=output == "trimap")[0]
     array = render(output, loaded, pred, finish, load_background(finish))
     result = Image.fromarray(array)  # (H, W, 4) -> RGBA, (H, W, 3) -> RGB, (H, W) -> L
     if output == "cutout" and loaded.icc_profile:
@@ -82,6 +107,7 @@ def clear_cache() -> None:
     """Forget the cached models (frees their memory)."""
     with _LOCK:
         _eraser.cache_clear()
+        _module_eraser.cache_clear()
 
 
 __all__ = ["clear_cache", "get_eraser", "load_model", "remove"]

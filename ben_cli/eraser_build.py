@@ -78,7 +78,8 @@ def load_parts(options: InferenceOptions, *, stacklevel: int = 2) -> EraserParts
         warnings.warn(slow, BenWarning, stacklevel=stacklevel + 1)
     warming = init_device_async(device)  # the CUDA context is made while the checkpoint is read
     path = find_weights(options.weights, model=options.model)
-    net = checkpoint_load.build_from_checkpoint(checkpoint_load.read_checkpoint(path), options.model, str(path))
+    net = checkpoint_load.build_from_checkpoint(checkpoint_load.read_checkpoint(path), options.model, str(path),
+                                                expect_model=options.model if options.model_given else None)
     if warming is not None:
         warming.join()
     net = net.to(device=device, dtype=weights_dtype(dtype, options.autocast))  # ours: cast in place, no copy

@@ -11,6 +11,12 @@ import re
 _OPTION = re.compile(r"\{opt:([a-z_]+)\}")
 
 
+def install_hint(extra: str) -> str:
+    """How to add an optional extra, in the one form that works from an index and from a checkout
+    (pip resolves the extra of the installed distribution): ``pip install "ben_cli[video]"``."""
+    return f'pip install "ben_cli[{extra}]"'
+
+
 def render_options(text: str, flags: bool) -> str:
     """A library message's ``{opt:param}`` placeholders -> the parameter's name (``batch_size``), or with
     ``flags`` the command-line flag (``--batch-size``), as the CLI shows it."""

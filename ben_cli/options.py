@@ -108,7 +108,9 @@ class InferenceOptions:
     on CUDA) keep the model's weights in that dtype; ``autocast`` keeps them in
     float32 and runs the ops under ``torch.autocast`` instead (the slower, older
     path; a no-op where the precision resolves to fp32). ``compile``:
-    ``torch.compile``, cached on disk (:func:`ben_cli.device.compile_model`).
+    ``torch.compile``, cached on disk (:func:`ben_cli.device.compile_model`). ``model_given``: ``model``
+    was named by the user, so a checkpoint that describes another network is an error rather than
+    the file's own network silently winning.
     """
 
     model: str = "ben2-base"
@@ -122,6 +124,7 @@ class InferenceOptions:
     compile: bool = False
     max_refine_side: int | None = None
     autocast: bool = False
+    model_given: bool = False
 
     def __post_init__(self) -> None:
         from ben_cli.models.registry import MODELS
@@ -284,11 +287,14 @@ class VideoOptions:
 
 @dataclass(frozen=True)
 class RayOptions:
-    """The ray engine's own settings: the cluster to join (None: ``$RAY_ADDRESS``, else a runtime started here)
-    and the GPUs of each model actor (None: 1 when the cluster has GPUs, else 0 and the CPU)."""
+    """The ray engine's own settings: the cluster to join (None: ``$RAY_ADDRESS``, else the Ray already
+    running on this machine, else a runtime started here; ``"local"``: always a runtime started here),
+    the GPUs of each model actor (None: 1 when the cluster has GPUs, else 0 and the CPU), and
+    ``verbose``: Ray's own INFO lines on stderr (by default only its warnings)."""
 
     address: str | None = None
     gpus_per_worker: float | None = None
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:

@@ -16,6 +16,17 @@ _REPO = Path(__file__).resolve().parents[1]
 _REFERENCE_DIR = _REPO.parent / "shared" / "ben2_reference"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The whole suite's user cache (weights, conversions, compiled kernels) in a temporary folder, never
+    ~/.cache/ben; subprocesses inherit it. Tests that need their own still set $BEN_CACHE_DIR."""
+    folder = tmp_path_factory.mktemp("ben-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BEN_CACHE_DIR", str(folder))
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder / "compile"))
+        yield folder
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread: on a busy machine OpenMP's waiting threads make each tiny forward seconds long."""

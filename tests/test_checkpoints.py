@@ -96,8 +96,8 @@ def test_misshaped_tensor_is_named_with_both_shapes(tiny_model):
 def test_official_checkpoint_into_wrong_config_is_a_readable_error(tmp_path, tiny_model):
     path = tmp_path / "tiny_official.pth"
     torch.save({"model_state_dict": to_official(tiny_model.state_dict())}, path)
-    with pytest.raises(CheckpointError, match="shape mismatch"):
-        build_from_checkpoint(read_checkpoint(path))  # defaults to ben2-base sizes
+    with pytest.raises(CheckpointError, match="this file is a tiny checkpoint, not 'ben2-base'"):
+        build_from_checkpoint(read_checkpoint(path))  # defaults to ben2-base sizes: says which model fits
 
 
 def test_unsafe_pickles_are_refused(tmp_path):

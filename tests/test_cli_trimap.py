@@ -135,7 +135,8 @@ def test_a_bad_image_is_exit_1(tmp_path, trimap, capsys):
     src.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     assert trimap(src) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"ben: {src}: ") and len(err.splitlines()) == 1
+    assert err.startswith(f"ben: {src}: ") and len(err.splitlines()) == 2  # the failure, then the one-line summary
+    assert err.splitlines()[1].startswith("ben: ben trimap: 0 done, 1 failed in ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png"]
 
 

@@ -163,7 +163,8 @@ def test_table_says_nine_metrics_plus_mean_f(dataset: tuple[Path, Path], capsys:
     assert "nine metrics, plus mean F" in err
     rows = [line for line in err.splitlines() if "↑" in line or "↓" in line]
     assert len(rows) == len(METRIC_KEYS) + 1 and "mean_f" in rows[-1]  # nine, then mean F last
-    assert "warning" not in err  # nothing is undefined under the standard protocol
+    warnings = [line for line in err.splitlines() if "warning" in line]  # nothing undefined under standard;
+    assert len(warnings) == 1 and "small.png (40x24 vs ground truth 80x48" in warnings[0]  # small.png resized
     rc, out, _ = _run(capsys, "--help")
     assert rc == 0 and "nine metrics" in out and "plus mean F" in out
 
@@ -176,6 +177,30 @@ def test_missing_partner_names_the_files(dataset: tuple[Path, Path], capsys: pyt
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("ben: error:")
     assert "img3.png" in err and "stray.png" in err
+
+
+def test_skip_unmatched_skips_strays_and_lists_them_once(dataset: tuple[Path, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pred_dir, gt_dir = dataset
+    (pred_dir / "img3.tif").unlink()
+    _write(pred_dir / "stray.png", np.zeros((4, 4), np.uint8))
+    rc, _, err = _run(capsys, str(pred_dir), str(gt_dir), "--workers", "1")
+    assert rc == 2 and "--skip-unmatched" in err
+    rc, out, err = _run(capsys, str(pred_dir), str(gt_dir), "--json", "--workers", "1", "--skip-unmatched")
+    assert rc == 0, err
+    assert json.loads(out)["count"] == 7  # 8 pairs less img3
+    skipped = [line for line in err.splitlines() if line.startswith("ben: warning: skipped")]
+    assert len(skipped) == 1 and "stray.png" in skipped[0] and "img3.png" in skipped[0]
+
+
+def test_a_prediction_of_another_size_says_how_it_was_resized_once(dataset: tuple[Path, Path],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    pred_dir, gt_dir = dataset
+    rc, _, err = _run(capsys, str(pred_dir), str(gt_dir), "-q", "--workers", "2")
+    assert rc == 0, err
+    assert err.count("small.png") == 1
+    assert (f"ben: warning: 1 of 8 predictions are not the size of their ground truth: {pred_dir / 'small.png'} "
+            "(40x24 vs ground truth 80x48: prediction resized bilinearly to the ground truth's size)") in err
 
 
 def test_duplicate_stem_names_both_files(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,7 +241,7 @@ def test_a_pair_that_cannot_be_scored_names_both_files(tmp_path: Path, monkeypat
 
     _write(tmp_path / "pred" / "a.png", np.zeros((8, 8), np.uint8))
     _write(tmp_path / "gt" / "a.png", np.zeros((6, 8), np.uint8))
-    monkeypatch.setattr(ev, "load_pair", lambda pair, protocol: (read_mask(pair.pred), read_mask(pair.gt)))
+    monkeypatch.setattr(ev, "load_pair", lambda pair, protocol: (read_mask(pair.pred), read_mask(pair.gt), None))
     pairs = ev.pair_predictions(tmp_path / "pred", tmp_path / "gt")
     with pytest.raises(InputError) as caught:
         ev.evaluate_pairs(pairs, workers=1, progress=False)

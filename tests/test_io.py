@@ -259,7 +259,7 @@ def test_eps_is_never_opened(tmp_path: Path) -> None:
 def test_heif_without_plugin_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bio.read, "heif_available", lambda: False)
     head = (24).to_bytes(4, "big") + b"ftypheic" + b"\x00\x00\x00\x00mif1heic" + b"\x00" * 40
-    assert "pip install pillow-heif" in reason(touch(tmp_path / "x.heic", head))
+    assert 'pip install "ben_cli[heif]"' in reason(touch(tmp_path / "x.heic", head))
 
 
 def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

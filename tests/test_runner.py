@@ -136,6 +136,17 @@ def stand_in(monkeypatch):
     return model
 
 
+def test_an_interrupt_does_not_count_skipped_files_as_done(tmp_path, stand_in, capsys):
+    src, out = _folder(tmp_path), tmp_path / "out"
+    stand_in.error = None
+    assert main(["erase", str(src), str(out), "-q"]) == 0
+    for i in range(3):
+        (out / f"im{i}.png").unlink()
+    stand_in.error = KeyboardInterrupt()  # at im2: im0 and im1 done, im3 and im4 skipped
+    assert main(["erase", str(src), str(out), "--batch-size", "1"]) == 130
+    assert "ben: interrupted: 2 of 5 done (2 skipped: outputs exist); run again to resume" in capsys.readouterr().err
+
+
 def test_cli_reports_the_failed_image_and_exits_1(tmp_path, stand_in, capsys):
     src = _folder(tmp_path)
     report = tmp_path / "r.json"

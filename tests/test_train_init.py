@@ -108,23 +108,36 @@ def test_pretrained_swin_through_timm(monkeypatch):
     assert_swin_equals(model, timm_swin(seed=4, num_classes=0))
 
 
-def test_offline_pretrained_falls_back_with_a_message_or_fails_with_strict(monkeypatch):
+def test_offline_pretrained_refuses_to_start_unless_random_init(monkeypatch):
     import timm
 
     import ben_cli.train.base as base
 
+    calls = []
+
     def offline(*args, **kwargs):
+        calls.append(args)
         raise ConnectionError("no network")
 
     monkeypatch.setattr(timm, "create_model", offline)
     monkeypatch.setattr(base, "_is_swin_b", lambda model: True)
-    described = initialise(tiny(), TrainConfig(model="tiny"))
-    assert described.startswith("random initialisation: could not get the pretrained Swin-B weights")
-    assert "no network" in described and "--backbone-weights" in described
-    with pytest.raises(CheckpointError, match="--backbone-weights"):
-        initialise(tiny(), TrainConfig(model="tiny", strict=True))
+    with pytest.raises(CheckpointError) as caught:
+        initialise(tiny(), TrainConfig(model="tiny"))
+    message = caught.value.flag_message()
+    assert message.startswith("could not get the pretrained Swin-B weights") and "no network" in message
+    assert "--init CK" in message and "--backbone-weights PATH" in message and "--random-init" in message
+    assert "\n" not in message and caught.value.exit_code == 2 and len(calls) == 1
+    assert initialise(tiny(), TrainConfig(model="tiny", random_init=True)).startswith("random initialisation")
+    assert len(calls) == 1  # --random-init downloads nothing
     monkeypatch.setattr(base, "_is_swin_b", lambda model: False)
     assert "fits only the Swin-B backbone" in initialise(tiny(), TrainConfig(model="tiny"))
+
+
+def test_random_init_excludes_the_other_starts():
+    from ben_cli.errors import OptionError
+
+    with pytest.raises(OptionError, match="excludes"):
+        TrainConfig(model="tiny", random_init=True, init="x.pth").resolved()
 
 
 def test_swin_b_detection():

@@ -157,6 +157,22 @@ def test_a_damaged_cache_is_ignored_and_rebuilt(official_pth, damage, monkeypatc
     _assert_same(read_checkpoint(official_pth), direct)
 
 
+def test_a_cache_with_flipped_bytes_is_detected_and_rebuilt(official_pth):
+    direct = read_checkpoint(official_pth, cache=False)
+    read_checkpoint(official_pth)
+    cached = _cache_of(official_pth)
+    good = cached.read_bytes()
+    assert _header(cached)["crc32"] == weights_cache.checksum(direct.state_dict)
+    stat = cached.stat()
+    flipped = bytearray(good)
+    flipped[-5] ^= 0xFF  # one byte of the last tensor's data; the header and the sizes stay as they were
+    cached.write_bytes(bytes(flipped))
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights_cache.load(official_pth) is None
+    _assert_same(read_checkpoint(official_pth), direct)  # read from the source, and cached again
+    assert cached.read_bytes() == good
+
+
 def test_unwritable_folder_caches_in_the_user_cache(official_pth, user_cache, monkeypatch):
     real_write = weights_cache._write_atomically
 

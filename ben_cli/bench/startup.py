@@ -14,8 +14,9 @@ from ben_cli.options import InferenceOptions
 
 def startup_args(options: InferenceOptions) -> list[str]:
     """The ``ben erase`` flags that rebuild ``options``' model in a subprocess."""
-    args = ["--model", options.model, "--device", options.device, "--precision", options.precision.value,
-            "--resolution", str(options.resolution), "--refiner", options.refiner.value]
+    args = ["--model", options.model] if options.model_given else []
+    args += ["--device", options.device, "--precision", options.precision.value,
+             "--resolution", str(options.resolution), "--refiner", options.refiner.value]
     if options.batch_size is not None:
         args += ["--batch-size", str(options.batch_size)]
     if options.weights is not None:

@@ -9,8 +9,11 @@ so the space it takes is in plain sight. Later reads map the cache (safetensors,
 memory-mapped, copy-on-write) and never unpickle the source.
 
 - The cache's header records its source: resolved path, size and ``mtime_ns``,
-  taken before the source was read. Any difference, a damaged or truncated
-  cache, or another cache version: the cache is ignored and written again.
+  taken before the source was read, and a CRC-32 of its own tensors' bytes (in
+  key order), checked when it is opened: about 0.2 s for BEN2 Base's 380 MB,
+  pages the model reads anyway. Any difference (a source changed, bytes of the
+  cache flipped), a damaged or truncated cache, or another cache version: the
+  cache is ignored and written again.
 - Written atomically (a hidden temporary file, flushed to disk, then renamed).
   When the source's folder is not writable, the cache goes to
   ``cache_dir()/converted/<hash of the resolved path>-<name>.cache.safetensors``;
@@ -41,8 +44,8 @@ if TYPE_CHECKING:
 
 CACHE_SUFFIX = ".cache.safetensors"
 DISABLE_ENV = "BEN_NO_WEIGHTS_CACHE"
-CACHE_VERSION = 1
-_HEADER_KEY = "ben_cli_cache"  # safetensors metadata entry: JSON {"cache_version", "source", "info"}
+CACHE_VERSION = 2  # 2: with the tensors' CRC-32 (version 1 caches are rebuilt once)
+_HEADER_KEY = "ben_cli_cache"  # safetensors metadata entry: JSON {"cache_version", "source", "crc32", "info"}
 
 _log = logging.getLogger(__name__)
 
@@ -118,12 +121,30 @@ def _load_valid(cached: Path, source: Source) -> tuple[dict[str, torch.Tensor], 
                     or header.get("source") != source.to_dict() or not isinstance(header.get("info"), dict)):
                 return None
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
+        if header.get("crc32") != checksum(tensors):
+            _log.debug("ignoring weights cache %s: its tensors' checksum differs", cached)
+            return None
     except Exception as e:  # damaged, truncated, unreadable: rebuilt by the caller
         _log.debug("ignoring weights cache %s: %s", cached, e)
         return None
     if not tensors:
         return None
     return tensors, header["info"]
+
+
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """The CRC-32 of the tensors' bytes, in key order (8 hex digits): a flipped byte changes it."""
+    import zlib
+
+    import torch
+
+    crc = 0
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        crc = zlib.crc32(key.encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
 
 
 def info_in_header(metadata: dict[str, str]) -> dict[str, Any] | None:
@@ -147,8 +168,9 @@ def store(path: str | os.PathLike[str], source: Source, tensors: dict[str, torch
     try:
         if json.loads(json.dumps(info, allow_nan=False)) != info:
             return None
-        header = {_HEADER_KEY: json.dumps({"cache_version": CACHE_VERSION, "source": source.to_dict(), "info": info})}
         flat = _storable(tensors)
+        header = {_HEADER_KEY: json.dumps({"cache_version": CACHE_VERSION, "source": source.to_dict(),
+                                           "crc32": checksum(flat), "info": info})}
         candidates = cache_paths(path)
         mode = os.stat(path).st_mode & 0o666  # as readable as its source
     except Exception as e:

@@ -12,6 +12,8 @@ FORMAT = "ben_cli"
 FORMAT_VERSION = 2
 CONFIG_META_KEY = "ben_cli_config"  # safetensors metadata: the config as JSON (since version 1)
 METADATA_META_KEY = "ben_cli_metadata"  # safetensors metadata: the free metadata as JSON (since version 2)
+TRAIN_STATE_FORMAT = "ben_cli.train_state"  # a training run's resume state (``last.state.pt``): no weights to run
+RUN_CONFIG, RUN_BEST = "config.toml", "best.safetensors"  # what makes a folder a training run, and its weights
 
 
 @dataclass(frozen=True)

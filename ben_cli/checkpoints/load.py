@@ -40,6 +40,8 @@ from ben_cli.checkpoints.format import (
     FORMAT,
     FORMAT_VERSION,
     METADATA_META_KEY,
+    RUN_BEST,
+    TRAIN_STATE_FORMAT,
     Checkpoint,
 )
 from ben_cli.checkpoints.save import save_checkpoint, storable_metadata
@@ -225,6 +227,9 @@ def _read_file(path: Path, kind: str) -> _Raw:
                 raise CheckpointError(f"{path}: damaged ben_cli metadata ({e})") from None
     elif kind in ("zip", "pickle"):
         obj = _torch_load(path, kind)
+        if isinstance(obj, dict) and obj.get("format") == TRAIN_STATE_FORMAT:
+            raise CheckpointError(f"{path}: a training run's resume state (optimizer, step, RNG; no weights to run): "
+                                  f"use {path.parent / RUN_BEST} instead (or last.safetensors beside it)")
         if isinstance(obj, dict) and obj.get("format") == FORMAT:
             ours, version, arch_name = True, obj.get("version", 1), obj.get("arch", "base")
             config_dict = obj.get("config")
@@ -321,13 +326,50 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
+def _models_of(config: Any) -> list[str]:
+    """The registry names whose config is ``config``."""
+    from ben_cli.models.registry import MODELS
+
+    return [name for name, entry in MODELS.items() if entry.config == config]
+
+
+def _models_that_fit(state_dict: Mapping[str, torch.Tensor], arch: Any, source: str) -> list[str]:
+    """The registry models of ``arch`` whose network takes ``state_dict`` as it is (built on the meta
+    device: no memory); the one whose official file name ``source`` bears comes first."""
+    from ben_cli.models.registry import MODELS
+
+    fits = []
+    for name, entry in MODELS.items():
+        if type(entry.config) is not arch.config_cls:
+            continue
+        with torch.device("meta"):
+            model = arch.build(entry.config)
+        if not state_dict_report(model, state_dict):
+            fits.append(name)
+    stem = Path(source).stem.lower()
+    return sorted(fits, key=lambda n: not (MODELS[n].filename and Path(MODELS[n].filename).stem.lower() == stem))
+
+
+def _wrong_model(where: str, holds: list[str], asked: str) -> CheckpointError:
+    """The file is another registry model's (or a custom network): say which, and what to pass."""
+    if not holds:
+        return CheckpointError(f"{where}the checkpoint holds its own network (config in the file), not model "
+                               f"{asked!r} of {{opt:model}}: drop {{opt:model}} to use the file's network")
+    also = f" (or {', '.join(holds[1:])})" if len(holds) > 1 else ""
+    return CheckpointError(f"{where}this file is a {holds[0]}{also} checkpoint, not {asked!r}: "
+                           f"pass {{opt:model}} {holds[0]}")
+
+
 def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = "", *,
-                          device: str | torch.device | None = None) -> nn.Module:
+                          device: str | torch.device | None = None, expect_model: str | None = None) -> nn.Module:
     """Build the network a checkpoint describes and load it strictly; eval mode.
 
     The file's own config and arch win. ``config`` (a registry model name or a
     config object) is used only when the file stores no config (official and
     bare files); without either, arch "base" uses the default model's config.
+    ``expect_model``: a registry name the user asked for; a file whose config is another network's
+    is then a CheckpointError naming both. A file without config whose tensors do not fit the named
+    model but another registry model's says which model it is (not the list of mismatches).
 
     The network is built on the meta device (no random init) and takes the checkpoint's
     tensors as they are (no copy; on ``device`` when given); the buffers no checkpoint holds
@@ -349,6 +391,9 @@ def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = ""
     except UnknownArchError as e:
         raise CheckpointError(f"{where}{e}") from None
     cfg = ckpt.config
+    if cfg is not None and expect_model is not None and get_entry(expect_model).config != cfg:
+        raise _wrong_model(where, _models_of(cfg), expect_model)
+    chosen: Any = None
     if cfg is None:
         if config is None and arch.name != "base":
             raise CheckpointError(f"{where}the {arch.name!r} checkpoint stores no config; name its model")
@@ -366,6 +411,10 @@ def build_from_checkpoint(ckpt: Checkpoint, config: Any = None, source: str = ""
         state_dict = {k: v.to(device) for k, v in state_dict.items()}
     with torch.device("meta"):
         model = arch.build(cfg)
+    if ckpt.config is None and isinstance(chosen, str) and state_dict_report(model, state_dict):
+        fits = _models_that_fit(state_dict, arch, source)
+        if fits:
+            raise _wrong_model(where, fits, chosen)
     load_state_dict_strict(model, state_dict, source, assign=True)
     if not init_non_persistent_buffers(model):  # a module that cannot rebuild its buffers: build the slow way
         model = arch.build(cfg)

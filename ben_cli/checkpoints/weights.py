@@ -13,11 +13,13 @@ import contextlib
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from ben_cli.checkpoints.cache import is_cache_file
-from ben_cli.errors import WeightsNotFoundError
+from ben_cli.checkpoints.format import RUN_BEST, RUN_CONFIG
+from ben_cli.errors import BenWarning, WeightsNotFoundError
 from ben_cli.models.registry import DEFAULT_MODEL, MODELS, ModelEntry, get_entry
 from ben_cli.paths import cache_dir, weights_dir
 
@@ -74,9 +76,25 @@ def find_weights(explicit: str | Path | None = None, model: str = DEFAULT_MODEL,
     raise WeightsNotFoundError(_missing_message(entry))
 
 
+def run_weights(folder: Path) -> Path | None:
+    """A training run folder's (``config.toml`` and ``best.safetensors``) weights, said once as a
+    :class:`~ben_cli.errors.BenWarning`; None for any other folder or file."""
+    best = folder / RUN_BEST
+    if not (folder.is_dir() and (folder / RUN_CONFIG).is_file() and best.is_file()):
+        return None
+    warnings.warn(BenWarning(f"{folder} is a training run: using its {RUN_BEST}"), stacklevel=3)
+    return best
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """``path``, or the weights of the training run it names (:func:`run_weights`): for ``--init``."""
+    path = Path(path).expanduser()
+    return run_weights(path) or path
+
+
 def _resolve_given(p: Path, model: str, missing: str) -> Path:
     if p.is_dir():
-        return find_in_folder(p, model)
+        return run_weights(p) or find_in_folder(p, model)
     if not p.is_file():
         raise WeightsNotFoundError(f"{missing}: {p}")
     return p
@@ -124,7 +142,7 @@ _HUB_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _fail_fast_hub() -> Iterator[None]:
+def fail_fast_hub() -> Iterator[None]:
     """While downloading: no retry loop when the Hub cannot be reached, and no retry chatter.
 
     huggingface_hub retries a failed metadata request with back-off (about 25 s
@@ -182,14 +200,33 @@ def download_weights(model: str = DEFAULT_MODEL) -> Path:
     try:
         import huggingface_hub
 
-        with _fail_fast_hub():
+        with fail_fast_hub():
             path = huggingface_hub.hf_hub_download(entry.repo_id, entry.filename, local_dir=target,
                                                    etag_timeout=ETAG_TIMEOUT_S)
     except Exception as e:
+        _drop_hub_leftovers(target, entry.filename)
         raise WeightsNotFoundError(
             f"{_missing_message(entry)}; download from {entry.repo_id} failed ({_download_reason(e)})"
         ) from None
     return Path(path)
+
+
+_HUB_BOILERPLATE = ("CACHEDIR.TAG", ".gitignore")  # what huggingface_hub writes into every local_dir's .cache
+
+
+def _drop_hub_leftovers(target: Path, filename: str) -> None:
+    """After a failed download into ``target``: remove the lock huggingface_hub left for ``filename``
+    and the ``.cache/huggingface`` folders it made, when nothing else is in them (a partial
+    download, kept for resuming, keeps them)."""
+    hub = target / ".cache" / "huggingface"
+    with contextlib.suppress(OSError):
+        (hub / "download" / f"{filename}.lock").unlink(missing_ok=True)
+        (hub / "download").rmdir()  # only when empty
+        if {p.name for p in hub.iterdir()} <= set(_HUB_BOILERPLATE):
+            for name in _HUB_BOILERPLATE:
+                (hub / name).unlink(missing_ok=True)
+            hub.rmdir()
+            hub.parent.rmdir()
 
 
 REFINER_FILE = "BEN_Refiner.safetensors"
@@ -226,6 +263,8 @@ def find_refiner_weights(explicit: str | Path | None = None, *, required: bool =
 
 
 def _refiner_in_folder(folder: Path) -> Path:
+    if not (folder / REFINER_FILE).is_file() and (run := run_weights(folder)) is not None:
+        return run
     for name in (REFINER_FILE, "best.safetensors"):  # the shipped name, then a `ben train refiner` run folder
         if (folder / name).is_file():
             return folder / name

@@ -13,9 +13,11 @@ from typing import Annotated
 
 import typer
 
+from ben_cli.cli.options import Group
 from ben_cli.errors import BenError
 
 app = typer.Typer(
+    cls=Group,
     name="ben",
     help="Batch background removal with BEN (Background Erase Network).",
     no_args_is_help=True,
@@ -74,7 +76,10 @@ def _main(argv: list[str] | None) -> int:
         return 143 if signal_name == "SIGTERM" else 130
     except Exception as e:  # click usage errors and unexpected failures
         if isinstance(e, _usage_exceptions()):
-            e.show()
+            if type(e).__name__ == "NoArgsIsHelpError":  # `ben` alone: the help, as click shows it
+                e.show()
+            else:
+                _error(usage_line(e))
             return 2
         if os.environ.get("BEN_DEBUG"):
             raise
@@ -103,6 +108,23 @@ def _show_warnings_as_lines() -> None:
     show._ben = True  # type: ignore[attr-defined]
     warnings.showwarning = show
     warnings.filterwarnings("always", category=BenWarning)
+
+
+def usage_line(e: Exception) -> str:
+    """A click usage error as one line: the flags as typed (``--model``, not ``'--model' / '-m'``), without
+    the validator's "Value error, ", and where to find the command's help."""
+    import re
+
+    text = e.format_message() if hasattr(e, "format_message") else str(e)
+    text = re.sub(r"'(--?[\w-]+)'(?: / '(-[\w-]+)')?", lambda m: m[1] + (f"/{m[2]}" if m[2] else ""), text)
+    text = " ".join(text.replace("Value error, ", "").split())
+    text = text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+    names, ctx = [], getattr(e, "ctx", None)
+    while ctx is not None and ctx.parent is not None:  # the subcommands, whatever the root is called
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    command = " ".join(["ben", *reversed(names)])
+    return f"{text.rstrip('.')} (see '{command} -h')"
 
 
 def _usage_exceptions() -> tuple[type[Exception], ...]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 _BENCH = "Benchmark"
 BatchSizes = Annotated[list[str] | None, typer.Option(
     "--batch-size", "-b", metavar="N[,N...]", show_default=False, rich_help_panel=opt._MODEL,
-    help="Batch sizes to measure, one row each: comma-separated or repeated (1,8,16). "
+    help="Batch sizes to measure, one table column each: comma-separated or repeated (1,8,16). "
     "Default: the device's (8 on CUDA, 1 on the CPU).")]
 Images = Annotated[int | None, typer.Option(
     "--images", metavar="N", show_default=False, rich_help_panel=_BENCH,
@@ -216,4 +216,4 @@ def report_lines(report: BenchReport) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+    app.command("bench", cls=opt.Command)(bench)

@@ -3,16 +3,18 @@ model loads, planning, the run with its progress bar and signals, the report, th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from ben_cli.cli import options as opt
-from ben_cli.errors import UsageError
+from ben_cli.errors import BenError, UsageError
 
 if TYPE_CHECKING:
     from ben_cli.engines import RayOptions, RunSummary
@@ -42,6 +44,34 @@ def check_report_path(report: Path | None) -> None:
     from ben_cli.io import check_output_file
 
     check_output_file(report, "--report", "run.json")
+
+
+@contextlib.contextmanager
+def report_fatal(report: Path | None) -> Iterator[None]:
+    """The checks before a run: an error that ends it there (exit 2) still writes the ``--report``,
+    with the error's one line in ``run.error`` (nothing else to report: no input was processed)."""
+    try:
+        yield
+    except BenError as e:
+        if report is not None:
+            from ben_cli.engines.results import RunSummary
+
+            _write_report(report, RunSummary([], 0, 0.0, error=e.flag_message()), quiet=True)
+        raise
+
+
+def _write_report(report: Path, summary: RunSummary, *, quiet: bool = False) -> None:
+    """The report file; one that cannot be written is said (unless ``quiet``: the run's error was the
+    report path itself), and the run's own outcome stands."""
+    import json
+
+    from ben_cli.io import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(report, json.dumps(summary.to_json(), indent=2).encode())
+    except OSError as e:
+        if not quiet:
+                opt.print_warning(f"cannot write the report {report} ({e.strerror or e})")
 
 
 def refuse_terminal_stdout() -> None:
@@ -115,37 +145,60 @@ def base_settings(options: InferenceOptions) -> dict:
 
 def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers: int | None, report: Path | None,
              quiet: bool, no_bar: bool, title: str, output: OutputOptions | None = None, engine: str = "local",
-             ray: RayOptions | None = None, video: VideoOptions | None = None) -> RunSummary:
-    """Run the plan on ``engine`` with a progress display; the report is written however the run ends."""
-    import json
+             ray: RayOptions | None = None, video: VideoOptions | None = None, one_line: bool = False) -> RunSummary:
+    """Run the plan on ``engine`` with a progress display; the report is written however the run ends
+    (an error that ends it, such as weights that do not load, in ``run.error``). ``one_line``: the
+    summary as one line (pipes, single files) instead of the table."""
     from dataclasses import replace
 
     from ben_cli.engines import create_run
-    from ben_cli.io import atomic_write_bytes
 
     console = opt.stderr_console(quiet)
-    run = create_run(engine, plan, options, output=output, overwrite=overwrite, workers=workers,
-                     settings=base_settings(options), ray=ray, quiet=quiet, video=video)
+    error = None
+    try:
+        run = create_run(engine, plan, options, output=output, overwrite=overwrite, workers=workers,
+                         settings=base_settings(options), ray=ray, quiet=quiet, video=video)
+    except BenError as e:
+        if report is not None:
+            from ben_cli.engines.results import RunSummary
+
+            _write_report(report, RunSummary([], len(plan.jobs), 0.0, settings=base_settings(options),
+                                             error=e.flag_message()))
+        raise
     try:
         summary = _execute_with_progress(run, console, quiet or no_bar)
+    except BenError as e:
+        error = e.flag_message()
+        raise
     finally:
-        summary = replace(run.summary(), own_outputs=plan.own_outputs)
+        summary = replace(run.summary(), own_outputs=plan.own_outputs, error=error)
         if report is not None:
-            atomic_write_bytes(report, json.dumps(summary.to_json(), indent=2).encode())
+            _write_report(report, summary)
     if os.environ.get("BEN_DEBUG"):
         for r in summary.results:
             if r.traceback:
                 print(r.traceback, file=sys.stderr)
     if summary.interrupted:
-        done = summary.count("done") + summary.count("skipped")
-        opt.print_error(f"interrupted: {done} of {summary.total} done; run again to resume")
+        skipped = summary.count("skipped")
+        also = f" ({skipped} skipped: outputs exist)" if skipped else ""
+        opt.print_error(f"interrupted: {summary.count('done')} of {summary.total} done{also}; run again to resume")
     if summary.other_settings:
         n = summary.other_settings
         opt.print_warning(f"{n} output{'s were' if n > 1 else ' was'} made with other settings; "
                           "--overwrite to redo them")
-    if not quiet:
+    if not quiet and one_line:
+        opt.print_error(summary_line(summary, title))
+    elif not quiet:
         print_summary(console, summary, title)
     return summary
+
+
+def summary_line(summary: RunSummary, title: str) -> str:
+    """The run in one line (for pipes and single files): counts, time, loading time."""
+    counts = [f"{summary.count(s)} {s}" for s in ("done", "skipped", "failed") if summary.count(s) or s == "done"]
+    frames = f" ({summary.frames} frames)" if summary.frames else ""
+    loading = f" (+{summary.load_seconds:.1f} s loading)" if summary.load_seconds else ""
+    return f"{title}: {', '.join(counts)}{frames} in {summary.seconds:.1f} s{loading}"
 
 
 def exit_for(summary: RunSummary) -> None:
@@ -232,8 +285,14 @@ def print_summary(console, summary: RunSummary, title: str) -> None:
         table.add_row("not processed", str(summary.total - len(summary.results)))
     table.add_row("time", f"{summary.seconds:.1f} s" + (f" (+{summary.load_seconds:.1f} s loading)"
                                                         if summary.load_seconds else ""))
-    table.add_row("images / s", f"{summary.images_per_second:.2f}")
-    for key in ("weights", "model", "resolution", "device", "precision", "refiner", "version"):
+    if summary.frames:
+        table.add_row("frames / s", f"{summary.frames_per_second:.2f}")
+    if not summary.frames or summary.images_per_second:
+        table.add_row("images / s", f"{summary.images_per_second:.2f}")
+    # the settings as resolved by the loaded model; before loading (everything skipped) only the version
+    keys = ("weights", "model", "resolution", "device", "precision", "refiner", "version") if summary.loaded \
+        else ("version",)
+    for key in keys:
         value = summary.settings.get(key)
         if value is not None:
             table.add_row(key, str(value), style="dim")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +11,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ben_cli.cli import options as opt
-from ben_cli.cli.driver import check_report_path, check_runnable, exit_for, make_plan, refuse_terminal_stdout, run_plan
+from ben_cli.cli.driver import (
+    check_report_path,
+    check_runnable,
+    exit_for,
+    make_plan,
+    refuse_terminal_stdout,
+    report_fatal,
+    run_plan,
+)
 from ben_cli.errors import UsageError
 from ben_cli.options import ImageFormat, OutputOptions, VideoOptions
 
@@ -18,7 +27,7 @@ if TYPE_CHECKING:
     from ben_cli.plan import VideoPlan
 
 SAVE_HELP = ("What to write: cutout (RGBA <stem>.png), alpha (<stem>.alpha.png), trimap (<stem>.trimap.png), "
-             "overlay (<stem>.overlay.png, the trimap over the image). Repeat or comma-separate.")
+             "overlay (<stem>.overlay.png, the trimap over the image). Repeat or comma-separate. \\[default: cutout]")
 PATHS_HELP = ("Inputs, then OUTPUT. Inputs: image files, folders (walked recursively) or - for stdin. OUTPUT: a "
               "folder (mirrors a single input folder; created if missing), a .png file (one input image), or - for "
               "stdout. Folders and files may be fsspec URLs (s3://bucket/photos, gs://..., file://...).")
@@ -27,9 +36,10 @@ Report = Annotated[Path | None, typer.Option("--report", metavar="FILE.json", sh
                                              help="Write the settings, per-file results and totals as JSON "
                                              "(also when the run is interrupted).")]
 _LOOK = "Finishing"
-Decontaminate = Annotated[bool, typer.Option("--decontaminate/--no-decontaminate", rich_help_panel=_LOOK,
-                                             help="Give semi-transparent cutout pixels their estimated foreground "
-                                             "colour, so no halo of the old background shows on a new one.")]
+NoDecontaminate = Annotated[bool, typer.Option("--no-decontaminate", metavar="", rich_help_panel=_LOOK,
+                                               help="Keep the image's colours in semi-transparent cutout pixels. By "
+                                               "default they get their estimated foreground colour, so no halo of "
+                                               "the old background shows on a new one.")]
 Background = Annotated[str | None, typer.Option("--background", metavar="COLOR|IMAGE", rich_help_panel=_LOOK,
                                                 show_default=False,
                                                 help="Flatten cutouts onto a colour (white, #00ff00, 0,255,0) or an "
@@ -47,7 +57,8 @@ class FileFormat(str, Enum):
     mp4 = "mp4"
 
 
-Format = Annotated[FileFormat | None, typer.Option("--format", rich_help_panel=_LOOK, show_default=False,
+Format = Annotated[FileFormat | None, typer.Option("--format", metavar="FMT", rich_help_panel=_LOOK,
+                                                   show_default=False,
                                                    help="Cutout format. Images: png (default), jpg, webp (these two "
                                                    "need --background). Videos: webm (VP9 with alpha, default), "
                                                    "mov (ProRes 4444), mp4 (H.264, needs --background).")]
@@ -87,7 +98,8 @@ EngineOpt = Annotated[EngineName, typer.Option("--engine", rich_help_panel=_ENGI
 RayAddress = Annotated[str | None, typer.Option("--ray-address", metavar="ADDR", rich_help_panel=_ENGINE,
                                                 show_default=False,
                                                 help="Ray cluster to join (ray://host:10001, host:6379, auto). "
-                                                "Default: $RAY_ADDRESS, else start Ray on this machine.")]
+                                                "Default: $RAY_ADDRESS, else the Ray running on this machine, "
+                                                "else start one here (local: always start one).")]
 GpusPerWorker = Annotated[float | None, typer.Option("--gpus-per-worker", min=0, metavar="G", rich_help_panel=_ENGINE,
                                                      show_default=False,
                                                      help="GPUs of each ray model actor (default: 1 when the "
@@ -109,7 +121,7 @@ def erase(
     compile: opt.Compile = False,
     autocast: opt.Autocast = False,
     max_refine_side: opt.MaxRefineSide = None,
-    decontaminate: Decontaminate = True,
+    no_decontaminate: NoDecontaminate = False,
     background: Background = None,
     format: Format = None,
     threshold: Threshold = None,
@@ -125,45 +137,48 @@ def erase(
     smooth: Smooth = 0,
     crf: Crf = None,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Remove the background of images and videos: BEN Base -> confidence trimap -> refiner."""
     from ben_cli.engines import RayOptions, check_engine
     from ben_cli.plan import STDIO, parse_kinds
 
-    if len(paths) < 2:
-        raise UsageError("give at least one INPUT and the OUTPUT (ben erase photos/ cutouts/)")
-    *inputs, output = paths
-    kinds = parse_kinds(save or [])
-    options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
-                                    resolution=resolution, batch_size=batch_size, refiner=refiner,
-                                    refiner_weights=refiner_weights, compile=compile,
-                                    max_refine_side=max_refine_side, autocast=autocast)
-    fmt = None if format is None else format.value
-    finish = OutputOptions(decontaminate=decontaminate, background=background,
-                           format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
-                           png_compression=png_compression)
-    video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
-                         all_frames=all_frames, smooth=smooth, crf=crf)
-    check_report_path(report)
-    ray = RayOptions(address=ray_address, gpus_per_worker=gpus_per_worker)
-    check_engine(engine.value)
-    if engine is EngineName.ray and STDIO in (output, *inputs):
-        raise UsageError("--engine ray reads and writes files, folders and URLs, not standard input or output")
-    if engine is EngineName.local and ray != RayOptions():
-        raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
-    if output == STDIO:
-        refuse_terminal_stdout()
-    # exit 2 even when every output already exists; a cluster's devices are the workers', not this machine's
-    check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
-    plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
-                     video=video_plan(video, finish), options=options)
-    if any(job.video for job in plan.jobs):
-        from ben_cli.video import check_video_support
+    with report_fatal(report):  # exit 2 before any work: the report says why
+        if len(paths) < 2:
+            raise UsageError("give at least one INPUT and the OUTPUT (ben erase photos/ cutouts/)")
+        *inputs, output = paths
+        kinds = parse_kinds(save or [])
+        options = opt.inference_options(model=model, weights=weights, device=device, precision=precision,
+                                        resolution=resolution, batch_size=batch_size, refiner=refiner,
+                                        refiner_weights=refiner_weights, compile=compile,
+                                        max_refine_side=max_refine_side, autocast=autocast)
+        fmt = None if format is None else format.value
+        finish = OutputOptions(decontaminate=not no_decontaminate, background=background,
+                               format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
+                               png_compression=png_compression)
+        video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
+                             all_frames=all_frames, smooth=smooth, crf=crf)
+        check_report_path(report)
+        ray = RayOptions(address=ray_address, gpus_per_worker=gpus_per_worker)
+        check_engine(engine.value)
+        if engine is EngineName.ray and STDIO in (output, *inputs):
+            raise UsageError("--engine ray reads and writes files, folders and URLs, not standard input or output")
+        if engine is EngineName.local and ray != RayOptions():
+            raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
+        if output == STDIO:
+            refuse_terminal_stdout()
+        # exit 2 even when every output already exists; a cluster's devices are the workers', not this machine's
+        check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
+        plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
+                         video=video_plan(video, finish), options=options)
+        if plan.jobs and all(job.video for job in plan.jobs):
+            from ben_cli.video import check_video_support
 
-        check_video_support()  # exit 2 naming the extra, before the model loads
+            check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
                        no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
-                       engine=engine.value, ray=ray, video=video)
+                       engine=engine.value, ray=replace(ray, verbose=verbose) if engine is EngineName.ray else ray,
+                       video=video, one_line=output == STDIO and not verbose)
     exit_for(summary)
 
 
@@ -183,4 +198,4 @@ def video_plan(video: VideoOptions, output: OutputOptions) -> VideoPlan | None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("erase")(erase)
+    app.command("erase", cls=opt.Command)(erase)

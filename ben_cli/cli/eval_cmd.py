@@ -72,6 +72,14 @@ WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", min=1, help="Processes scoring pairs (default: all CPUs).", show_default=False),
 ]
+SkipUnmatchedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-unmatched",
+        metavar="",
+        help="Skip a prediction without a ground truth (or the reverse), listed once, instead of stopping.",
+    ),
+]
 DataOpt = Annotated[
     Path | None,
     typer.Option(
@@ -118,6 +126,7 @@ def eval_command(
     plot: PlotOpt = None,
     workers: WorkersOpt = None,
     quiet: opt.Quiet = False,
+    skip_unmatched: SkipUnmatchedOpt = False,
     data: DataOpt = None,
     model: opt.Model = opt.ModelName("ben2-base"),
     weights: opt.Weights = None,
@@ -141,7 +150,7 @@ def eval_command(
     _check_options(pred_dir, gt_dir, data, _given(ctx, _MODEL_FLAGS), plot)
     proto = protocol.value
     if data is None:
-        pairs = ev.pair_predictions(pred_dir, gt_dir)  # type: ignore[arg-type]  # checked above
+        pairs = ev.pair_predictions(pred_dir, gt_dir, skip_unmatched=skip_unmatched)  # type: ignore[arg-type]
         evaluation = ev.evaluate_pairs(pairs, protocol=proto, workers=workers, progress=not quiet)
     else:
         options = opt.inference_options(
@@ -156,9 +165,11 @@ def eval_command(
             autocast=autocast,
         )
         evaluation = _run_model(
-            data, options, protocol=proto, workers=workers, progress=not quiet, save_pred=save_pred
+            data, options, protocol=proto, workers=workers, progress=not quiet, save_pred=save_pred,
+            skip_unmatched=skip_unmatched,
         )
 
+    _warn_resized(evaluation)
     _warn_undefined(evaluation)
     if not quiet:
         _print_table(evaluation.summary)
@@ -215,6 +226,7 @@ def _run_model(
     workers: int | None,
     progress: bool,
     save_pred: Path | None,
+    skip_unmatched: bool = False,
 ) -> Evaluation:
     """Predict masks for DATA/im with an Eraser and evaluate them against DATA/gt."""
     import tempfile
@@ -222,7 +234,7 @@ def _run_model(
     from ben_cli.eval import evaluate as ev
     from ben_cli.pipeline import Eraser
 
-    items = ev.match_stems(data / "im", data / "gt", labels=("image", "ground truth"))
+    items = ev.match_stems(data / "im", data / "gt", labels=("image", "ground truth"), skip_unmatched=skip_unmatched)
     eraser = Eraser.from_options(options)
     with tempfile.TemporaryDirectory(prefix="ben-eval-") as tmp:
         out_dir = save_pred if save_pred is not None else Path(tmp)
@@ -287,6 +299,18 @@ def _print_table(summary: Summary) -> None:
 _LISTED = 8  # files named in one warning line before "... and N more"
 
 
+def _warn_resized(evaluation: Evaluation) -> None:
+    """One warning line for the predictions that were not the size of their ground truth: each file
+    and how it was resized (up to :data:`_LISTED`, then the count)."""
+    found = evaluation.resized()
+    if not found:
+        return
+    shown = [f"{pair.pred} ({how})" for pair, how in found[:_LISTED]]
+    more = f"; ... and {len(found) - _LISTED} more" if len(found) > _LISTED else ""
+    opt.print_warning(f"{len(found)} of {len(evaluation.pairs)} predictions are not the size of their ground "
+                      f"truth: {'; '.join(shown)}{more}")
+
+
 def _warn_undefined(evaluation: Evaluation) -> None:
     """One warning line per metric that is NaN for some pairs, naming their ground-truth files."""
     for key, found in evaluation.undefined().items():
@@ -301,4 +325,4 @@ def _warn_undefined(evaluation: Evaluation) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``ben eval`` to the root app."""
-    app.command("eval")(eval_command)
+    app.command("eval", cls=opt.Command)(eval_command)

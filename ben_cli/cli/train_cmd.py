@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ben_cli.cli.options import Command, Group
 from ben_cli.train.config import DEFAULT_LR, FINE_TUNE_LR, LR_BY_MODEL, TrainConfig
 from ben_cli.train.refiner_config import FINE_TUNE_LR as REFINER_FINE_TUNE_LR
 from ben_cli.train.refiner_config import REFINER_LR, RefinerTrainConfig
@@ -27,6 +28,7 @@ from ben_cli.train.refiner_config import REFINER_LR, RefinerTrainConfig
 _DATA, _INIT, _OPT, _RUN = "Data", "Initialisation", "Optimisation", "Run"
 
 train_app = typer.Typer(
+    cls=Group,
     name="train",
     help="Train BEN networks on image/mask pairs (one GPU, many under torchrun, or the CPU).",
     no_args_is_help=True,
@@ -47,8 +49,16 @@ def _lr(value: float) -> str:
 def _options(ctx: typer.Context) -> dict[str, Any]:
     """The command's options by configuration key (``None``: not given; paths made absolute),
     without ``--config`` and ``--resume``, which say where the rest of the configuration comes from."""
+    params = dict(ctx.params)
+    if "no_grad_checkpoint" in params:  # two flags, one key: True, False, or None when neither was given
+        on, off = params.pop("grad_checkpoint"), params.pop("no_grad_checkpoint")
+        if on and off:
+            from ben_cli.errors import UsageError
+
+            raise UsageError("--grad-checkpoint and --no-grad-checkpoint exclude each other")
+        params["grad_checkpoint"] = True if on else (False if off else None)
     return {key: os.path.abspath(value) if isinstance(value, Path) else value
-            for key, value in ctx.params.items() if key not in ("config", "resume")}
+            for key, value in params.items() if key not in ("config", "resume")}
 
 
 # Options shared by every `ben train` command (declared once; each command adds its own).
@@ -74,8 +84,7 @@ LrOpt = Annotated[float | None, typer.Option("--lr", rich_help_panel=_OPT, show_
                                                   f"{_lr(REFINER_LR['refiner'])}, {_lr(REFINER_FINE_TUNE_LR)} "
                                                   f"with --init; {_lr(LR_BY_MODEL['tiny'])} for tiny).")]
 StrictOpt = Annotated[bool | None, typer.Option("--strict/--no-strict", rich_help_panel=_DATA, show_default=False,
-                                                help="Fail on bad pairs (and, for the base, on missing pretrained "
-                                                     "weights) instead of skipping.")]
+                                                help="Fail on bad pairs instead of skipping them.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", metavar="RUN", rich_help_panel=_RUN, show_default=False,
                                              help="Run folder: log.jsonl, config.toml, loss.png, "
                                                   "best/last checkpoints.")]
@@ -130,7 +139,7 @@ WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, rich_help_pa
                                                      f"(default: {_default('workers')}).")]
 
 
-@train_app.command("base")
+@train_app.command("base", cls=Command)
 def base(
     ctx: typer.Context,
     data: DataOpt = None,
@@ -141,6 +150,10 @@ def base(
         "--backbone-weights", metavar="PATH", rich_help_panel=_INIT, show_default=False,
         help="Swin weights (timm-format state dict) for offline starts. Default: timm's ImageNet "
              "Swin-B that MVANet starts from, downloaded.")] = None,
+    random_init: Annotated[bool | None, typer.Option(
+        "--random-init", rich_help_panel=_INIT, show_default=False,
+        help="Train the full model from random weights (without it, a start with no pretrained weights "
+             "within reach is refused).")] = None,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     resume: ResumeOpt = None,
@@ -153,10 +166,13 @@ def base(
     min_lr_ratio: MinLrRatioOpt = None,
     weight_decay: WeightDecayOpt = None,
     grad_clip: GradClipOpt = None,
-    grad_checkpoint: Annotated[bool | None, typer.Option("--grad-checkpoint/--no-grad-checkpoint",
-                                                         rich_help_panel=_OPT, show_default=False,
-                                                         help="Recompute the Swin stages in the backward pass "
-                                                              "(less memory, slower).")] = None,
+    grad_checkpoint: Annotated[bool, typer.Option("--grad-checkpoint", rich_help_panel=_OPT, show_default=False,
+                                                  help="Recompute the Swin stages in the backward pass "
+                                                       "(less memory, slower).")] = False,
+    no_grad_checkpoint: Annotated[bool, typer.Option("--no-grad-checkpoint", rich_help_panel=_OPT,
+                                                     show_default=False,
+                                                     help="Keep the Swin activations (undoes a config file's "
+                                                          "grad_checkpoint).")] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     seed: SeedOpt = None,
@@ -174,7 +190,7 @@ def base(
     train_base(cfg, resume=resume is not None)
 
 
-@train_app.command("refiner")
+@train_app.command("refiner", cls=Command)
 def refiner(
     ctx: typer.Context,
     data: DataOpt = None,

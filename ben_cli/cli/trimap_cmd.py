@@ -12,8 +12,10 @@ from ben_cli.errors import UsageError
 
 
 def trimap(
-    image: Annotated[str, typer.Argument(help="Image file, folder (walked recursively) or - for stdin.")],
-    output: Annotated[str | None, typer.Argument(help="A .png file (one image), a folder, or - for stdout. "
+    image: Annotated[str, typer.Argument(metavar="IMAGE",
+                                         help="Image file, folder (walked recursively) or - for stdin.")],
+    output: Annotated[str | None, typer.Argument(metavar="OUTPUT",
+                                                 help="A .png file (one image), a folder, or - for stdout. "
                                                       "Default: <stem>.trimap.png beside each image.",
                                                  show_default=False)] = None,
     overlay: Annotated[bool, typer.Option("--overlay", metavar="", help="Also write <stem>.overlay.png: the image with "
@@ -50,8 +52,8 @@ def trimap(
         plan = _single(image, Path(output), kinds)
     else:
         plan = make_plan([image], output, kinds, options=options)
-    summary = run_plan(plan, options, overwrite=overwrite, workers=None, report=None,
-                       quiet=quiet or len(plan.jobs) == 1, no_bar=output == STDIO, title="ben trimap")
+    summary = run_plan(plan, options, overwrite=overwrite, workers=None, report=None, quiet=quiet,
+                       no_bar=output == STDIO, title="ben trimap", one_line=len(plan.jobs) == 1)
     skipped = [r for r in summary.results if r.status == "skipped"]
     if skipped and len(plan.jobs) == 1:
         opt.print_error(f"{', '.join(skipped[0].outputs)} exists; use --overwrite to replace it")
@@ -76,4 +78,4 @@ def _single(image: str, out: Path, kinds: tuple[str, ...]):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("trimap")(trimap)
+    app.command("trimap", cls=opt.Command)(trimap)

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from ben_cli.cli.options import ModelName
+from ben_cli.cli.options import Command, Group, ModelName
 from ben_cli.models.registry import DEFAULT_MODEL
 
-weights_app = typer.Typer(help="Find, download and convert checkpoints.", no_args_is_help=False,
+weights_app = typer.Typer(cls=Group, help="Find, download and convert checkpoints.", no_args_is_help=False,
                           invoke_without_command=True)
 
 OneModel = Annotated[
@@ -23,13 +23,17 @@ DownloadModel = Annotated[ModelName, typer.Option("--model", "-m", help="The mod
 
 
 @weights_app.callback()
-def weights_main(ctx: typer.Context) -> None:
+def weights_main(ctx: typer.Context, model: OneModel = None) -> None:
     """List, for each model, its file, where it is searched and which file would be used."""
     if ctx.invoked_subcommand is None:
-        list_weights(model=None)
+        list_weights(model=model)
+    elif model is not None:
+        from ben_cli.errors import UsageError
+
+        raise UsageError(f"--model goes after the subcommand: ben weights {ctx.invoked_subcommand} -m {model.value}")
 
 
-@weights_app.command("list")
+@weights_app.command("list", cls=Command)
 def list_weights(model: OneModel = None) -> None:
     """For each model: its official file, the search locations in order, and the file that would be used.
 
@@ -75,7 +79,7 @@ def list_weights(model: OneModel = None) -> None:
         raise typer.Exit(1)
 
 
-@weights_app.command("download")
+@weights_app.command("download", cls=Command)
 def download(model: DownloadModel = ModelName(DEFAULT_MODEL)) -> None:
     """Download a model's official checkpoint into the cache (prints its path)."""
     from ben_cli.checkpoints.weights import download_weights
@@ -83,10 +87,10 @@ def download(model: DownloadModel = ModelName(DEFAULT_MODEL)) -> None:
     print(download_weights(model.value))
 
 
-@weights_app.command("convert")
+@weights_app.command("convert", cls=Command)
 def convert(
-    src: Annotated[Path, typer.Argument(help="Checkpoint to convert (official .pth, ours, any arch).")],
-    dst: Annotated[Path | None, typer.Argument(help="Output .safetensors (default: beside SRC).",
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="Checkpoint to convert (official .pth, ours, any arch).")],
+    dst: Annotated[Path | None, typer.Argument(metavar="DST", help="Output .safetensors (default: beside SRC).",
                                                show_default=False)] = None,
     model: Annotated[ModelName | None, typer.Option("--model", "-m", help="Config for files that store none "
                                                     "(official files; default ben2-base).", show_default=False)] = None,

@@ -20,7 +20,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from ben_cli.engines.results import STATUSES, FileResult, Interrupted, Results, Run, RunSummary
-from ben_cli.errors import EngineError, OptionError, UsageError
+from ben_cli.errors import EngineError, OptionError, UsageError, install_hint
 from ben_cli.options import RayOptions
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def check_engine(name: str) -> None:
     if name not in ENGINES:
         raise OptionError("engine", f"unknown engine {name!r} (use {', '.join(ENGINES)})")
     if name == "ray" and not (_importable("ray") and _importable("ray.data")):
-        raise EngineError('{opt:engine} ray needs Ray Data: pip install "ben_cli[ray]"')
+        raise EngineError(f"{{opt:engine}} ray needs Ray Data: {install_hint('ray')}")
 
 
 def _importable(module: str) -> bool:

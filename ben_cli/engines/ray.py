@@ -89,7 +89,7 @@ class RayRun(Results):
 
         self.on_event("loading")
         t0 = time.perf_counter()
-        started_here = _connect(self.ray.address, self.quiet)
+        started_here = _connect(self.ray.address, self.quiet, verbose=self.ray.verbose)
         try:
             self._ray_seconds = time.perf_counter() - t0
             joined = bool(self.ray.address or os.environ.get("RAY_ADDRESS"))  # a cluster may gain GPU nodes
@@ -121,6 +121,10 @@ class RayRun(Results):
         blocks = max(1, math.ceil(len(rows) / per_block))
         context = DataContext.get_current()
         saved = (context.max_errored_blocks, context.enable_progress_bars)
+        data_log = logging.getLogger("ray.data")  # its INFO lines (plans, execution) only with verbose
+        data_level = data_log.level
+        if not self.ray.verbose:
+            data_log.setLevel(logging.WARNING)
         context.max_errored_blocks = -1  # a batch whose worker kept dying is dropped, not the whole run
         if self.quiet:
             context.enable_progress_bars = False
@@ -154,6 +158,7 @@ class RayRun(Results):
             raise _as_ben_error(e) from None
         finally:
             context.max_errored_blocks, context.enable_progress_bars = saved
+            data_log.setLevel(data_level)
         return [i for i in indices if i not in seen]
 
     def _take(self, job: Job, row: dict[str, Any]) -> None:
@@ -182,24 +187,35 @@ class _Layout:
         self.batch_size = options.batch_size_for("cuda" if gpus else "cpu")
 
 
-def _connect(address: str | None, quiet: bool) -> bool:
-    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), else start a Ray runtime here.
+_EXISTING = "existing cluster"  # Ray's ValueError when a runtime is asked its size while one already runs here
 
-    Returns True when this call started (or joined) Ray and must shut it down; False when
-    Ray was already initialised in this process (a test, a notebook).
+
+def _connect(address: str | None, quiet: bool, *, verbose: bool = False) -> bool:
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``); else join the Ray already running on this
+    machine (said once; ``"local"`` starts a separate one instead), else start a Ray runtime here.
+
+    Ray's INFO lines stay off stderr unless ``verbose``. Returns True when this call started (or
+    joined) Ray and must shut it down; False when Ray was already initialised in this process
+    (a test, a notebook).
     """
     import ray
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"log_to_driver": not quiet}
-    if quiet:
-        kwargs["logging_level"] = logging.WARNING
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet,
+                              "logging_level": logging.INFO if verbose and not quiet else logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
+    if address and address != "local":
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=cpu_count(), include_dashboard=False, **kwargs)
+        return True
+    try:  # sizes are given only to a runtime started here; Ray refuses them for one it would join
+        ray.init(address=address, num_cpus=cpu_count(), include_dashboard=False, **kwargs)
+    except ValueError as e:
+        if address == "local" or _EXISTING not in str(e):
+            raise
+        warnings.warn(BenWarning("joining the Ray already running on this machine ({opt:ray_address} local "
+                                 "starts a separate one)"), stacklevel=2)
+        ray.init(address="auto", **kwargs)
     return True
 
 

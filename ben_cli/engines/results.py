@@ -33,7 +33,9 @@ class RunSummary:
     """The results of a run, in input order, with its settings and timings.
 
     ``seconds`` counts from the end of model loading (so images/s excludes it);
-    ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None;
+    ``interrupted`` is the signal that stopped the run ("SIGINT", "SIGTERM") or None; ``error`` the one
+    line of the error that ended it (exit 2: weights, device, usage), or None; ``loaded``: the model
+    was loaded, so ``settings`` hold what the options resolved to (the device, the weights file);
     ``other_settings``: inputs skipped whose outputs record other settings than this run's;
     ``own_outputs``: files among the inputs left out as ben's own outputs (:attr:`~ben_cli.plan.Plan.own_outputs`).
     """
@@ -46,6 +48,8 @@ class RunSummary:
     interrupted: str | None = None
     other_settings: int = 0
     own_outputs: int = 0
+    error: str | None = None
+    loaded: bool = False
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -57,14 +61,28 @@ class RunSummary:
 
     @property
     def images_per_second(self) -> float:
-        return self.count("done") / self.seconds if self.seconds > 0 else 0.0
+        """Images done (videos not counted: see :attr:`frames_per_second`) per second."""
+        images = sum(r.status == "done" and r.frames is None for r in self.results)
+        return images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def frames(self) -> int:
+        """Video frames written by the videos done."""
+        return sum(r.frames or 0 for r in self.results if r.status == "done")
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         totals: dict[str, Any] = {s: self.count(s) for s in STATUSES}
         totals.update(seconds=round(self.seconds, 3), images_per_second=round(self.images_per_second, 3))
+        if any(r.frames is not None for r in self.results):
+            totals.update(frames=self.frames, frames_per_second=round(self.frames_per_second, 3))
         run = {"inputs": self.total, "not_processed": self.total - len(self.results),
                "load_seconds": round(self.load_seconds, 3), "interrupted": self.interrupted,
-               "redone": self.redone, "other_settings": self.other_settings, "own_outputs": self.own_outputs}
+               "redone": self.redone, "other_settings": self.other_settings, "own_outputs": self.own_outputs,
+               "error": self.error}
         files = [{k: v for k, v in asdict(r).items()
                   if k != "traceback" and not (k in ("frames", "redone") and v is None)} for r in self.results]
         return {"settings": self.settings, "run": run, "totals": totals, "files": files}
@@ -159,4 +177,5 @@ class Results:
         results = sorted(self.results, key=lambda r: order.get(r.input, len(order)))
         start = self._loaded_at if self._loaded_at is not None else self._started
         return RunSummary(results, len(self.jobs), time.perf_counter() - start, self.load_seconds,
-                          dict(self.settings), self.interrupted, self.other_settings)
+                          dict(self.settings), self.interrupted, self.other_settings,
+                          loaded=self._loaded_at is not None)

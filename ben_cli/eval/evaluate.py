@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ben_cli.errors import InputError, OptionError, PairingError, UsageError
+from ben_cli.errors import BenWarning, InputError, OptionError, PairingError, UsageError
 from ben_cli.eval.metrics import ImageResult, Summary
 from ben_cli.eval.report import CSV_KEYS, Evaluation, Pair, plot_curves, summary_dict, write_csv
 
@@ -78,13 +80,15 @@ def _listing(names: Sequence[str]) -> str:
 
 
 def match_stems(
-    first: Path, second: Path, labels: tuple[str, str] = ("prediction", "ground truth")
+    first: Path, second: Path, labels: tuple[str, str] = ("prediction", "ground truth"), *,
+    skip_unmatched: bool = False,
 ) -> list[tuple[str, Path, Path]]:
     """``(stem, first_file, second_file)`` for every stem, sorted by stem.
 
     Raises :class:`PairingError` when a file has no partner (naming the files on
-    each side) or a stem names several files, and :class:`UsageError` when a
-    folder does not exist.
+    each side; ``skip_unmatched``: they are skipped instead, listed once in a
+    :class:`~ben_cli.errors.BenWarning`) or a stem names several files, and
+    :class:`UsageError` when a folder does not exist.
     """
     first, second = Path(first), Path(second)
     a, b = _by_stem(first, labels[0]), _by_stem(second, labels[1])
@@ -97,21 +101,27 @@ def match_stems(
         if alone:
             names = [files[stem].relative_to(folder).as_posix() for stem in alone]
             parts.append(f"{len(alone)} {label} file(s) in {folder} without a {partner}: {_listing(names)}")
+    if parts and not skip_unmatched:
+        raise PairingError("; ".join(parts) + " (or pass {opt:skip_unmatched})")
+    both = sorted(set(a) & set(b))
     if parts:
-        raise PairingError("; ".join(parts))
-    return [(stem, a[stem], b[stem]) for stem in sorted(a)]
+        if not both:
+            raise PairingError("; ".join(parts))
+        warnings.warn(BenWarning("skipped " + "; ".join(parts)), stacklevel=2)
+    return [(stem, a[stem], b[stem]) for stem in both]
 
 
-def pair_predictions(pred_dir: Path, gt_dir: Path) -> list[Pair]:
+def pair_predictions(pred_dir: Path, gt_dir: Path, *, skip_unmatched: bool = False) -> list[Pair]:
     """Pair the masks of ``pred_dir`` with those of ``gt_dir`` by stem (see :func:`match_stems`)."""
-    return [Pair(stem, p, g) for stem, p, g in match_stems(pred_dir, gt_dir)]
+    return [Pair(stem, p, g) for stem, p, g in match_stems(pred_dir, gt_dir, skip_unmatched=skip_unmatched)]
 
 
 # --------------------------------------------------------------------------- scoring one pair
 
 
-def load_pair(pair: Pair, protocol: str = "standard") -> tuple[np.ndarray, np.ndarray]:
-    """Read a pair as uint8 (H, W) masks (:func:`ben_cli.io.read_mask`: alpha where a file has one).
+def load_pair(pair: Pair, protocol: str = "standard") -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Read a pair as uint8 (H, W) masks (:func:`ben_cli.io.read_mask`: alpha where a file has one),
+    and how the prediction was resized (None when it has the ground truth's size).
 
     With the standard protocol the prediction is resized (bilinear) to the
     ground truth's size when they differ; the ``ben`` protocol resizes both itself.
@@ -122,9 +132,13 @@ def load_pair(pair: Pair, protocol: str = "standard") -> tuple[np.ndarray, np.nd
     from ben_cli.io import read_mask
 
     pred, gt = read_mask(pair.pred), read_mask(pair.gt)
-    if protocol == "standard" and pred.shape != gt.shape:
-        pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return pred, gt
+    if pred.shape == gt.shape:
+        return pred, gt, None
+    sizes = f"{pred.shape[1]}x{pred.shape[0]} vs ground truth {gt.shape[1]}x{gt.shape[0]}"
+    if protocol != "standard":
+        return pred, gt, f"{sizes}: both resized to the protocol's square (prediction bilinear, ground truth nearest)"
+    pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return pred, gt, f"{sizes}: prediction resized bilinearly to the ground truth's size"
 
 
 def score_arrays(pred: np.ndarray, gt: np.ndarray, protocol: str = "standard") -> ImageResult:
@@ -146,9 +160,9 @@ def evaluate_pair(pair: Pair, protocol: str = "standard") -> ImageResult:
     Raises :class:`InputError` naming the unreadable file, or naming both files
     when the pair cannot be scored (shapes or types the metrics refuse).
     """
-    pred, gt = load_pair(pair, protocol)
+    pred, gt, resized = load_pair(pair, protocol)
     try:
-        return score_arrays(pred, gt, protocol)
+        return replace(score_arrays(pred, gt, protocol), resized=resized)
     except ValueError as e:
         raise InputError(pair.pred, f"cannot score against the ground truth {pair.gt}: {e}") from None
 

@@ -71,6 +71,8 @@ class ImageResult:
         emeasure: float64 (256,) E-measure curve in the same order, or None
             where the protocol has no curve.
         undefined: why a score is NaN, by key (only the ``ben`` protocol has NaN).
+        resized: how a prediction of another size than its ground truth was brought to it
+            (None: same size).
     """
 
     scores: dict[str, float]
@@ -79,6 +81,7 @@ class ImageResult:
     fmeasure: np.ndarray
     emeasure: np.ndarray | None = None
     undefined: dict[str, str] = field(default_factory=dict)
+    resized: str | None = None
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,10 @@ class Evaluation:
                     found.setdefault(key, []).append((pair, result.undefined.get(key, "undefined")))
         return found
 
+    def resized(self) -> list[tuple[Pair, str]]:
+        """The pairs whose prediction was not the size of its ground truth, with how it was resized."""
+        return [(pair, r.resized) for pair, r in zip(self.pairs, self.images, strict=True) if r.resized]
+
 
 
 

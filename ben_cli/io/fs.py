@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from ben_cli.errors import UsageError
+from ben_cli.errors import UsageError, install_hint
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+(://|::)")
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
@@ -48,12 +48,13 @@ def url_fs(url: str) -> tuple[Any, str]:
     try:
         import fsspec
     except ImportError:
-        raise UsageError(f"{scheme}:// paths need fsspec: pip install fsspec") from None
+        hint = install_hint(_EXTRAS[scheme]) if scheme in _EXTRAS else "pip install fsspec"
+        raise UsageError(f"{scheme}:// paths need fsspec: {hint}") from None
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError:
         extra = _EXTRAS.get(scheme)
-        hint = f'pip install "ben_cli[{extra}]"' if extra else "install the fsspec backend of that scheme"
+        hint = install_hint(extra) if extra else "install the fsspec backend of that scheme"
         raise UsageError(f"{scheme}:// paths need their fsspec backend: {hint}") from None
     except ValueError as e:
         raise UsageError(f"cannot open {url}: {e}") from None

@@ -8,7 +8,7 @@ multi-page files give their first frame. An embedded ICC profile that
 describes RGB data is kept (:attr:`LoadedImage.icc_profile`), so cutouts can
 carry it (:func:`ben_cli.io.write.encode_png`); profiles of CMYK, Lab or gray data
 are dropped, since those pixels are converted to RGB without colour management.
-HEIC/HEIF needs the ``pillow-heif`` plugin (``pip install pillow-heif``),
+HEIC/HEIF needs the ``pillow-heif`` plugin (``pip install "ben_cli[heif]"``),
 registered on first use when it is installed. EPS is never opened (it would
 run Ghostscript on untrusted input). A file that cannot be used raises
 :class:`~ben_cli.errors.InputError` with a one-line reason. Images above
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from ben_cli.errors import InputError
+from ben_cli.errors import InputError, install_hint
 from ben_cli.io.fs import is_url, read_url_bytes
 
 STDIN_NAME = "<stdin>"
@@ -143,7 +143,7 @@ def _sniff(head: bytes) -> str | None:
 def _unidentified_reason(head: bytes) -> str:
     fmt = _sniff(head)
     if fmt == "HEIF" and not heif_available():
-        return "HEIC/HEIF needs the pillow-heif plugin (pip install pillow-heif)"
+        return f"HEIC/HEIF needs the pillow-heif plugin ({install_hint('heif')})"
     if fmt == "AVIF" and not features.check("avif"):
         return "AVIF is not supported by this Pillow build (needs Pillow 11.3+ with AVIF)"
     if fmt is not None:

@@ -7,7 +7,8 @@ Initialisation (one of, printed at start):
 - otherwise, for the Swin-B backbone, timm's copy of the weights MVANet starts from
   (``swin_base_patch4_window12_384.ms_in22k_ft_in1k``: ImageNet-22k, fine-tuned on 1k),
   downloaded through timm;
-  offline this falls back to random initialisation with a message (an error with ``--strict``).
+  when they cannot be had (offline), the run refuses to start (exit 2) and says what to pass;
+- ``--random-init``: the Swin-B model from random weights, on purpose.
 
 The Swin's per-stage output norms, the decoder and the head always start random
 unless ``--init`` is given (MVANet adds the same fresh norms to its backbone).
@@ -38,6 +39,7 @@ from ben_cli.train.runtime import (
     setup_runtime,
     teardown_runtime,
 )
+from ben_cli.train.state import refuse_existing_run
 
 _DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of a classification Swin
 _LISTED = 20  # bad pairs shown before "... and N more"
@@ -112,17 +114,21 @@ def _is_swin_b(model: nn.Module) -> bool:
 def initialise(model: nn.Module, cfg: TrainConfig) -> str:
     """Initialise ``model`` as ``cfg`` says; returns a one-line description of what was used."""
     from ben_cli.checkpoints.load import load_state_dict_strict, read_checkpoint
+    from ben_cli.checkpoints.weights import checkpoint_path
 
     if cfg.init:
-        ckpt = read_checkpoint(cfg.init)
-        load_state_dict_strict(model, ckpt.state_dict, cfg.init)
+        path = checkpoint_path(cfg.init)  # a training run folder: its best.safetensors
+        ckpt = read_checkpoint(path)
+        load_state_dict_strict(model, ckpt.state_dict, str(path))
         kind = "official" if ckpt.official else "ben"
-        return f"whole network from {cfg.init} ({kind} checkpoint)"
+        return f"whole network from {path} ({kind} checkpoint)"
     if cfg.backbone_weights:
         dropped = load_backbone(model, read_state_dict(cfg.backbone_weights), cfg.backbone_weights)
         extra = f"; ignored {', '.join(dropped)}" if dropped else ""
         return f"Swin backbone from {cfg.backbone_weights}{extra}; decoder and head random"
     name = cfg.pretrained_backbone
+    if cfg.random_init:
+        return "random initialisation, as asked (random_init)"
     if not name:
         return "random initialisation (pretrained_backbone is empty)"
     if not _is_swin_b(model):
@@ -130,15 +136,16 @@ def initialise(model: nn.Module, cfg: TrainConfig) -> str:
     try:
         import timm
 
-        stock = timm.create_model(name, pretrained=True, num_classes=0)
+        from ben_cli.checkpoints.weights import fail_fast_hub
+
+        with fail_fast_hub():  # offline: one try, not the Hub's retries with their messages
+            stock = timm.create_model(name, pretrained=True, num_classes=0)
         sd = stock.state_dict()
     except Exception as e:  # offline, no such tag, hub errors
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        message = (f"could not get the pretrained Swin-B weights {name} through timm ({reason}); "
-                   "pass --backbone-weights PATH (a timm Swin-B state dict) to start from them offline")
-        if cfg.strict:
-            raise CheckpointError(message) from None
-        return f"random initialisation: {message}"
+        raise CheckpointError(f"could not get the pretrained Swin-B weights {name} through timm ({reason[:160]}): "
+                              "pass {opt:init} CK (e.g. BEN2_Base.pth) or {opt:backbone_weights} PATH (a timm "
+                              "Swin-B state dict), or {opt:random_init} to train from random weights") from None
     load_backbone(model, sd, f"timm {name}")
     return f"Swin backbone from timm {name} (ImageNet); decoder and head random"
 
@@ -270,6 +277,8 @@ def train_base(cfg: TrainConfig, *, resume: bool = False, on_step: StepHook | No
 
     cfg = cfg.resolved()
     require_run_folders(cfg.data, cfg.out, "a folder with im/ and gt/, e.g. DIS5K/DIS-TR")
+    if not resume:
+        refuse_existing_run(Path(cfg.out))  # before the data scan, which may take minutes
     rt = setup_runtime(cfg.device)
     try:
         dtype = resolve_train_dtype(cfg.precision, rt.device)

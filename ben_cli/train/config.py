@@ -56,6 +56,7 @@ class TrainConfig:
     init: str | None = None  # whole-network checkpoint to fine-tune (e.g. BEN2_Base.pth)
     backbone_weights: str | None = None  # timm-format Swin state dict, offline
     pretrained_backbone: str = SWIN_B_PRETRAINED  # timm weights tried online when neither of the above; "" = none
+    random_init: bool = False  # the Swin-B model from random weights: without it, unreachable pretrained ones stop
     resolution: int = 1024
     batch_size: int = 1  # per process and micro-step
     grad_accum: int = 1
@@ -70,7 +71,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA (fp16 without bf16 support), fp32 elsewhere
     seed: int = 0
-    strict: bool = False  # fail on bad pairs / unavailable pretrained weights instead of skipping
+    strict: bool = False  # fail on bad pairs instead of skipping them
     augment: bool = True
     val_every: int = 1000
     save_every: int = 500
@@ -103,6 +104,8 @@ class TrainConfig:
         if self.init and self.backbone_weights:
             raise OptionError("init", "{flag} and the backbone weights exclude each other (init sets the whole "
                                       "network)")
+        if self.random_init and (self.init or self.backbone_weights):
+            raise OptionError("random_init", "{flag} excludes {opt:init} and {opt:backbone_weights}")
         if self.best_metric not in HIGHER_IS_BETTER:
             raise OptionError("best_metric",
                               f"unknown metric {self.best_metric!r}; known: {', '.join(HIGHER_IS_BETTER)}")

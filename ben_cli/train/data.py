@@ -13,6 +13,7 @@ any number of DataLoader workers. Draw ``g`` of the global stream goes to rank
 
 from __future__ import annotations
 
+import glob
 import hashlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,19 @@ def _by_stem(folder: Path) -> dict[str, list[Path]]:
     return groups
 
 
+def _missing(folder: Path, kind: str, stem: str) -> str:
+    """Why ``stem`` has no partner in ``folder``: a file of that stem that is not an image (by its
+    extension), or none at all."""
+    from ben_cli.io import IMAGE_EXTS
+
+    where = folder / stem
+    others = sorted(p.name for p in where.parent.glob(f"{glob.escape(where.name)}.*")
+                    if p.is_file() and p.suffix.lower() not in IMAGE_EXTS)
+    if others:
+        return f"{folder.name}/{(Path(stem).parent / others[0]).as_posix()} is not an image"
+    return f"no {kind} {folder.name}/{stem}.*"
+
+
 def check_pair(image: Path, mask: Path) -> str | None:
     """Decode both files; the reason they cannot be used, or None when they can."""
     from ben_cli.io import read_gray, read_image
@@ -112,10 +126,10 @@ def scan_pairs(root: str | Path, *, decode: bool = True, workers: int = 4) -> Pa
                 bad.extend(BadPair(rel(p), f"{len(paths)} {label} share the stem {stem!r} ({names})") for p in paths)
     for stem, paths in images.items():
         if len(paths) == 1 and stem not in masks:
-            bad.append(BadPair(rel(paths[0]), f"no mask {MASK_DIR}/{stem}.*"))
+            bad.append(BadPair(rel(paths[0]), _missing(folders[MASK_DIR], "mask", stem)))
     for stem, paths in masks.items():
         if len(paths) == 1 and stem not in images:
-            bad.append(BadPair(rel(paths[0]), f"no image {IMAGE_DIR}/{stem}.*"))
+            bad.append(BadPair(rel(paths[0]), _missing(folders[IMAGE_DIR], "image", stem)))
     candidates = [
         SamplePair(stem, paths[0], masks[stem][0])
         for stem, paths in sorted(images.items())

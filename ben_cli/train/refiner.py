@@ -62,7 +62,9 @@ from ben_cli.train.runtime import (
 
 def _initialise(model: nn.Module, path: str) -> str:
     from ben_cli.checkpoints.load import load_state_dict_strict, read_checkpoint
+    from ben_cli.checkpoints.weights import checkpoint_path
 
+    path = str(checkpoint_path(path))  # a training run folder: its best.safetensors
     ckpt = read_checkpoint(path)
     if ckpt.arch != "refiner":
         raise CheckpointError(f"{path}: fine-tuning needs a refiner checkpoint, not a {ckpt.arch!r} one")
@@ -135,6 +137,10 @@ def train_refiner(cfg: RefinerTrainConfig, *, resume: bool = False, on_step: Ste
 
     cfg = cfg.resolved()
     require_run_folders(cfg.data, cfg.out, "a folder with im/ and gt/: images and their alpha mattes or masks")
+    if not resume:
+        from ben_cli.train.state import refuse_existing_run
+
+        refuse_existing_run(Path(cfg.out))  # before the data scan and the base's predictions
     rt = setup_runtime(cfg.device)
     try:
         dtype = resolve_train_dtype(cfg.precision, rt.device)

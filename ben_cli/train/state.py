@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ben_cli.checkpoints.format import TRAIN_STATE_FORMAT
 from ben_cli.errors import OptionError, UsageError
 from ben_cli.train.config import TrainConfig
 from ben_cli.train.runtime import Runtime, barrier, gather_objects
 
-STATE_FORMAT = "ben_cli.train_state"
+STATE_FORMAT = TRAIN_STATE_FORMAT
 STATE_VERSION = 1
 LAST, BEST, STATE, LOG, PLOT, CONFIG = (
     "last.safetensors", "best.safetensors", "last.state.pt", "log.jsonl", "loss.png", "config.toml",

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageSequence
 
-from ben_cli.errors import InputError
+from ben_cli.errors import InputError, install_hint
 from ben_cli.io.kinds import IMAGE_EXTS
 
-EXTRA_HINT = 'video needs PyAV: pip install "ben_cli[video]"'
+EXTRA_HINT = f"video needs PyAV: {install_hint('video')}"
 """The one-line reason given when ``av`` is not installed."""
 
 GIF_MIN_DELAY_MS = 20
