@@ -429,6 +429,16 @@ def wait_event(event: torch.cuda.Event | None) -> None:
         event.synchronize()
 
 
+def side_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """A CUDA stream of its own on ``device`` (work there overlaps the model's stream); None elsewhere."""
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
+def on_stream(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager:
+    """Make ``stream`` the current stream for the block (a no-op for None)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
 def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An empty host tensor for copies to and from ``device``: page-locked when it is a CUDA device
     (copies that do not block the host), ordinary memory elsewhere."""

@@ -2,10 +2,14 @@
 
 :func:`estimate_foreground` is blur-fusion (local mean colours by alpha-weighted box blurs, at
 decreasing radii); :func:`decontaminate` applies it to a cutout in bounded memory, only where
-the alpha is soft.
+the alpha is soft; :func:`decontaminate_many` does it for a batch of images of different sizes
+at once (one host sync, the soft tiles of every image stacked).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +138,7 @@ def decontaminate(rgb: torch.Tensor, alpha: torch.Tensor, *, radii: tuple[int, .
     (large) pass's statistics are pooled band by band on its coarse grid, the
     later passes run only on the tiles that hold semi-transparent pixels, with
     a margin of context, so the colours are those of :func:`estimate_foreground`
-    on the whole image (to float rounding).
+    on the whole image (to float rounding). :func:`decontaminate_many` of the batch's images.
 
     Args:
         rgb: (B, 3, H, W) uint8.
@@ -146,43 +150,125 @@ def decontaminate(rgb: torch.Tensor, alpha: torch.Tensor, *, radii: tuple[int, .
         (B, 3, H, W) uint8; equal to ``rgb`` where alpha is 0 or 255.
     """
     check_image_and_alpha(rgb, alpha)
-    if not radii:
-        return rgb.clone()
-    height, width = rgb.shape[2:]
+    return torch.cat(decontaminate_many(list(rgb.split(1)), list(alpha.split(1)), radii=radii, tile=tile,
+                                        stack=1 if rgb.device.type == "cpu" else None))
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One soft tile of one image: its core (y0, y1, x0, x1), written back, inside its crop with context."""
+
+    image: int
+    core: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
+    means: torch.Tensor  # the first pass's mean colours on the cells under the crop (1, 6, h, w)
+
+
+def decontaminate_many(rgbs: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor], *,
+                       radii: tuple[int, ...] = (90, 6), tile: int = 128, stack: int | None = None
+                       ) -> list[torch.Tensor]:
+    """:func:`decontaminate` of images of different sizes at once: one host sync for the whole batch
+    (which tiles hold soft pixels), and the later passes run on the soft tiles of every image together,
+    stacked by crop shape (``stack``), so on a GPU a batch costs a few dozen kernel launches per shape
+    rather than per tile.
+
+    Args:
+        rgbs: per image (1, 3, H, W) uint8, each of its own size, all on one device.
+        alphas: per image (1, 1, H, W) uint8, the sizes of ``rgbs``.
+        radii, tile: as :func:`decontaminate`.
+        stack: at most this many tiles in one call (None: all of a shape). On an accelerator, where each
+            call is a few dozen kernel launches, stacking is what makes it fast; on the CPU one tile at a
+            time (1) keeps each tile's working set in cache and is 2-3x faster than stacking them.
+
+    Returns:
+        per image (1, 3, H, W) uint8, the same values :func:`decontaminate` gives each image alone.
+    """
+    if len(rgbs) != len(alphas):
+        raise ValueError(f"{len(rgbs)} images but {len(alphas)} alphas")
+    for rgb, alpha in zip(rgbs, alphas):
+        check_image_and_alpha(rgb, alpha)
+        if rgb.shape[0] != 1:
+            raise ValueError(f"decontaminate_many takes one image per tensor, got a batch of {rgb.shape[0]}")
+    outs = [rgb.clone() for rgb in rgbs]
+    if not radii or not rgbs:
+        return outs
     first, rest = int(radii[0]), [int(r) for r in radii[1:]]
-    cell = _cell(first, height, width)
-    step = max(cell, tile // cell * cell)
-    margin = sum(rest) + 2 * cell
-    soft = (alpha > 0) & (alpha < 255)
-    out = rgb.clone()
-
-    def crop(b: int, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (rgb[b : b + 1, :, y0:y1, x0:x1].float().div_(255),
-                alpha[b : b + 1, :, y0:y1, x0:x1].float().div_(255))
-
-    cores = [(y, min(y + step, height), x, min(x + step, width))
-             for y in range(0, height, step) for x in range(0, width, step)]
-    busy = torch.stack([soft[:, 0, y0:y1, x0:x1].flatten(1).any(1) for y0, y1, x0, x1 in cores], 1).tolist()
-    for b in range(rgb.shape[0]):
-        if not any(busy[b]):
+    softs = [(a > 0) & (a < 255) for a in alphas]
+    layouts = [_layout(rgb.shape[2], rgb.shape[3], first, rest, tile) for rgb in rgbs]
+    flags = [torch.stack([soft[0, 0, y0:y1, x0:x1].any() for y0, y1, x0, x1 in cores])
+             for soft, (_cell_side, _step, _margin, cores) in zip(softs, layouts)]
+    busy = torch.cat(flags).tolist()  # the one host sync
+    groups: dict[tuple[int, ...], list[_Tile]] = {}
+    start = 0
+    for i, (rgb, alpha) in enumerate(zip(rgbs, alphas)):
+        cell, step, margin, cores = layouts[i]
+        marks, start = busy[start : start + len(cores)], start + len(cores)
+        if not any(marks):
             continue
-        pooled = []  # the first pass's statistics on its grid, one band of rows at a time
-        for y in range(0, height, step):
-            img, a = crop(b, y, min(y + step, height), 0, width)
-            stats = torch.cat([a, img * a, img * (1 - a)], 1)
-            pooled.append(F.avg_pool2d(stats, cell, ceil_mode=True) if cell > 1 else stats)
-        means = _coarse_means(torch.cat(pooled, 2), first, cell)
-        for (y0, y1, x0, x1), has_soft in zip(cores, busy[b]):
+        height, width = rgb.shape[2:]
+        means = _first_pass(rgb, alpha, first, cell, step)
+        for core, has_soft in zip(cores, marks):
             if not has_soft:
                 continue
+            y0, y1, x0, x1 = core
             ys, xs = max(0, (y0 - margin) // cell * cell), max(0, (x0 - margin) // cell * cell)
             ye, xe = min(height, y1 + margin), min(width, x1 + margin)
-            img, a = crop(b, ys, ye, xs, xe)
             near = means[..., ys // cell : -(-ye // cell) + 1, xs // cell : -(-xe // cell) + 1]
-            fg, bg = _residual(img, a, _upsample(near, cell, ye - ys, xe - xs))
-            for radius in rest:
-                fg, bg = _fuse(img, fg, bg, a, radius)
-            core = fg[..., y0 - ys : y1 - ys, x0 - xs : x1 - xs].mul_(255).round_().to(torch.uint8)
-            view = out[b : b + 1, :, y0:y1, x0:x1]
-            view.copy_(torch.where(soft[b : b + 1, :, y0:y1, x0:x1], core, view))
-    return out
+            groups.setdefault((cell, ye - ys, xe - xs, *near.shape[2:]), []).append(
+                _Tile(i, core, (ys, ye, xs, xe), near))
+    for (cell, h, w, *_), same in groups.items():
+        for k0 in range(0, len(same), stack or len(same)):
+            tiles = same[k0 : k0 + (stack or len(same))]
+            _fuse_tiles(tiles, rgbs, alphas, softs, outs, rest, cell, h, w)
+    return outs
+
+
+def _fuse_tiles(tiles: Sequence[_Tile], rgbs: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor],
+                softs: Sequence[torch.Tensor], outs: Sequence[torch.Tensor], rest: Sequence[int], cell: int,
+                h: int, w: int) -> None:
+    """The later passes on soft tiles of one crop shape (h, w), stacked; their cores written into ``outs``."""
+    img = _stack([_crop(rgbs[t.image], t.crop) for t in tiles])
+    a = _stack([_crop(alphas[t.image], t.crop) for t in tiles])
+    fg, bg = _residual(img, a, _upsample(_stack([t.means for t in tiles]), cell, h, w))
+    for radius in rest:
+        fg, bg = _fuse(img, fg, bg, a, radius)
+    fg = fg.mul_(255).round_().to(torch.uint8)
+    for k, t in enumerate(tiles):
+        (y0, y1, x0, x1), (ys, _ye, xs, _xe) = t.core, t.crop
+        view = outs[t.image][:, :, y0:y1, x0:x1]
+        core = fg[k : k + 1, :, y0 - ys : y1 - ys, x0 - xs : x1 - xs]
+        view.copy_(torch.where(softs[t.image][:, :, y0:y1, x0:x1], core, view))
+
+
+def _stack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _layout(height: int, width: int, first: int, rest: Sequence[int], tile: int
+            ) -> tuple[int, int, int, list[tuple[int, int, int, int]]]:
+    """An image's tiling: the first pass's cell, the tile step (a multiple of it), the context margin of
+    the later passes, and the tile cores (y0, y1, x0, x1) in row order."""
+    cell = _cell(first, height, width)
+    step = max(cell, tile // cell * cell)
+    cores = [(y, min(y + step, height), x, min(x + step, width))
+             for y in range(0, height, step) for x in range(0, width, step)]
+    return cell, step, sum(rest) + 2 * cell, cores
+
+
+def _crop(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """(1, C, y0:y1, x0:x1) of a uint8 map as float in [0, 1]."""
+    y0, y1, x0, x1 = box
+    return x[:, :, y0:y1, x0:x1].float().div_(255)
+
+
+def _first_pass(rgb: torch.Tensor, alpha: torch.Tensor, radius: int, cell: int, step: int) -> torch.Tensor:
+    """The first (large) pass's mean colours on its coarse grid (1, 6, h, w), its statistics pooled one
+    band of ``step`` rows at a time (bounded memory)."""
+    height, width = rgb.shape[2:]
+    pooled = []
+    for y in range(0, height, step):
+        box = (y, min(y + step, height), 0, width)
+        img, a = _crop(rgb, box), _crop(alpha, box)
+        stats = torch.cat([a, img * a, img * (1 - a)], 1)
+        pooled.append(F.avg_pool2d(stats, cell, ceil_mode=True) if cell > 1 else stats)
+    return _coarse_means(torch.cat(pooled, 2), radius, cell)

@@ -8,16 +8,21 @@ output kind (cutout, alpha, trimap, overlay) with the writer's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from ben_cli.compose import composite, cover_resize, cutout, multiply_alpha, threshold_alpha
+from ben_cli.device import on_stream, release_cached_memory, side_stream
 from ben_cli.errors import InputError
-from ben_cli.foreground import decontaminate
+from ben_cli.foreground import decontaminate, decontaminate_many
 from ben_cli.io import LoadedImage, atomic_write_bytes, encode_image, read_image, write_stdout_bytes
 from ben_cli.options import OutputOptions
 from ben_cli.pipeline import Prediction
 from ben_cli.plan import STDIO, Job
+from ben_cli.staging import Downloads, Uploads
 from ben_cli.trimap import trimap_overlay
 
 TRIMAP_KINDS = frozenset({"trimap", "overlay"})
@@ -42,16 +47,15 @@ def render(kind: str, image: LoadedImage, pred: Prediction, output: OutputOption
             return pred.trimap
         rgb = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
         return trimap_overlay(rgb, torch.from_numpy(pred.trimap)[None, None])[0].permute(1, 2, 0).contiguous().numpy()
-    alpha = torch.from_numpy(pred.alpha)[None, None]
-    if image.alpha is not None:
-        alpha = multiply_alpha(alpha, torch.from_numpy(image.alpha)[None, None])
-    if output.threshold is not None:
-        alpha = threshold_alpha(alpha, output.threshold)
+    alpha = output_alpha(image, pred, output)
     if kind == "alpha":
         return alpha[0, 0].numpy()
     rgb = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
     if output.decontaminate:
-        rgb = decontaminate_on(rgb, alpha, device)
+        if pred.foreground is not None:  # done for the whole batch on the model's device
+            rgb = torch.from_numpy(pred.foreground).permute(2, 0, 1)[None]
+        else:
+            rgb = decontaminate_on(rgb, alpha, device)
     if output.background is not None:
         colour = output.background_colour()
         if colour is None:
@@ -62,6 +66,59 @@ def render(kind: str, image: LoadedImage, pred: Prediction, output: OutputOption
             bg = colour
         return composite(rgb, alpha, bg)[0].permute(1, 2, 0).contiguous().numpy()
     return cutout(rgb, alpha)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def output_alpha(image: LoadedImage, pred: Prediction, output: OutputOptions) -> torch.Tensor:
+    """The alpha written and cut out with (1, 1, H, W) uint8: the model's times the input's own
+    transparency, thresholded when ``output.threshold`` is set."""
+    alpha = torch.from_numpy(pred.alpha)[None, None]
+    if image.alpha is not None:
+        alpha = multiply_alpha(alpha, torch.from_numpy(image.alpha)[None, None])
+    if output.threshold is not None:
+        alpha = threshold_alpha(alpha, output.threshold)
+    return alpha
+
+
+def wants_foreground(job: Job, output: OutputOptions) -> bool:
+    """Whether ``job`` writes a cutout whose colours are decontaminated."""
+    return output.decontaminate and "cutout" in job.outputs
+
+
+class BatchFinisher:
+    """Decontamination for a whole batch on the model's device, on the model's thread
+    (:meth:`finish`), so the writer threads only compose, encode and write.
+
+    Each batch's images cross to the device once, packed in one reused pinned buffer
+    (:class:`ben_cli.staging.Uploads`), with their output alphas; :func:`~ben_cli.foreground.decontaminate_many`
+    runs on all of them (one host sync, every soft tile of the batch stacked by shape); the colours come
+    back in one download (:class:`ben_cli.staging.Downloads`). It runs on a CUDA stream of its own, so it
+overlaps the next batch's forward (launched before this one is collected) instead of waiting for it.
+Out of memory: the writers do it instead.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._uploads, self._downloads = Uploads(device), Downloads(device)
+        self._stream = side_stream(device)  # beside the model's next batch, not queued behind it
+
+    def finish(self, images: Sequence[LoadedImage], preds: Sequence[Prediction], output: OutputOptions
+               ) -> list[Prediction]:
+        """``preds`` with :attr:`~ben_cli.prediction.Prediction.foreground` set for every image (a
+        prediction of each image of ``images``, for a cutout with decontamination)."""
+        if not images:
+            return list(preds)
+        alphas = [output_alpha(im, p, output)[0, 0].numpy() for im, p in zip(images, preds)]
+        try:
+            with on_stream(self._stream):
+                parts = self._uploads.upload_each([im.rgb for im in images] + alphas)
+                n = len(images)
+                rgbs = [p.permute(2, 0, 1)[None] for p in parts[:n]]
+                done = decontaminate_many(rgbs, [a[None, None] for a in parts[n:]])
+                arrays = self._downloads.download([d[0].permute(1, 2, 0) for d in done]).arrays()
+        except torch.OutOfMemoryError:
+            release_cached_memory(self.device)
+            return list(preds)
+        return [replace(p, foreground=a) for p, a in zip(preds, arrays)]
 
 
 def finishing_device(device: torch.device) -> torch.device | None:

@@ -19,12 +19,15 @@ class Prediction:
     """One image's result at its own size (H, W).
 
     ``alpha``: uint8 in [0, 255], the refined matte; ``trimap``: uint8 {0, 128, 255}
-    or None when not asked for; ``refiner``: the refiner that produced ``alpha``.
+    or None when not asked for; ``refiner``: the refiner that produced ``alpha``;
+    ``foreground``: the cutout's colours (H, W, 3) uint8 with decontamination already done
+    (:class:`ben_cli.output.BatchFinisher`), or None (the writer does it).
     """
 
     alpha: np.ndarray
     trimap: np.ndarray | None = None
     refiner: str = "none"
+    foreground: np.ndarray | None = None
 
 
 @dataclass

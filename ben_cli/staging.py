@@ -1,12 +1,13 @@
 """Host <-> device traffic of the batch loop: pinned buffers reused batch after batch, one upload and one
 download per batch, ordered by events rather than by host syncs.
 
-:class:`Uploads` stages the model-side uint8 images of a batch into one of a few reused host buffers
-(pinned on CUDA) and copies them to the device without blocking. :func:`download` packs a batch's
-results (every image's alpha, trimap and flags, of any sizes, all uint8) into one flat tensor and
-copies it to a reused host buffer in one non-blocking copy; :meth:`Download.arrays` waits for that
-copy (an event, not a sync per image) and hands back the parts. On the CPU the same steps run without
-pinning or events, and give the same bytes.
+:class:`Uploads` stages the model-side uint8 images of a batch (or full-size images of any sizes) into
+one of a few reused host buffers (pinned on CUDA) and copies them to the device without blocking.
+:meth:`Downloads.download` packs a batch's results (every image's alpha, trimap and flags, or its
+decontaminated colours; any sizes, all uint8) into one flat tensor and copies it to a reused host
+buffer in one non-blocking copy; :meth:`Download.arrays` waits for that copy (an event, not a sync
+per image) and hands back the parts. On the CPU the same steps run without pinning or events, and
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class _Ring:
 
 
 class Uploads:
-    """Model-side batches to ``device``: :meth:`upload` (n, S, S, 3) uint8 host images -> the same on the device."""
+    """Batches to ``device``: :meth:`upload` (n, S, S, 3) uint8 host images -> the same on the device;
+    :meth:`upload_each` arrays of any shapes."""
 
     def __init__(self, device: torch.device, slots: int = 2) -> None:
         self.device = device
@@ -66,6 +68,21 @@ class Uploads:
         on_device = host.to(self.device, non_blocking=True)
         self._ring.used(slot)
         return on_device
+
+    def upload_each(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """uint8 host arrays of any shapes -> the same on the device; on CUDA packed into one reused pinned
+        buffer and copied in one copy that does not block the host (the CPU: the arrays themselves)."""
+        if self._ring is None:
+            return [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+        sizes = [a.size for a in arrays]
+        slot, flat = self._ring.take(sum(sizes), torch.uint8)
+        host, start = flat.numpy(), 0
+        for a, n in zip(arrays, sizes):
+            host[start : start + n] = a.reshape(-1)
+            start += n
+        on_device = flat.to(self.device, non_blocking=True)
+        self._ring.used(slot)
+        return [part.view(a.shape) for part, a in zip(on_device.split(sizes), arrays)]
 
 
 class Download:

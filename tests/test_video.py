@@ -253,6 +253,31 @@ def test_frame_folders_match_the_image_path(eraser, clips, reference, tmp_path):
     assert no_temp_files(tmp_path)
 
 
+def test_an_accelerator_decontaminates_each_batch_of_frames_at_once(eraser, clips, tmp_path, monkeypatch):
+    """With a finishing device (the CPU standing in for a GPU), each batch of frames is decontaminated in one
+    call on the model's thread, none in the render pool, and the frames equal those of the CPU path."""
+    from PIL import Image
+
+    import ben_cli.output as output_module
+    import ben_cli.video.process as process
+
+    plain = tmp_path / "plain"
+    erase_video(clips["aac"], {"cutout": plain}, eraser, output=OutputOptions(), video=VideoOptions(frames=True))
+    calls = []
+    many = output_module.decontaminate_many
+    monkeypatch.setattr(output_module, "decontaminate_many", lambda r, a, **k: calls.append(len(r)) or many(r, a, **k))
+    monkeypatch.setattr(output_module, "decontaminate_on", lambda *a, **k: pytest.fail("decontaminated per frame"))
+    monkeypatch.setattr(process, "finishing_device", lambda device: device)
+    batched = tmp_path / "batched"
+    erase_video(clips["aac"], {"cutout": batched}, eraser, output=OutputOptions(), video=VideoOptions(frames=True),
+                batch_size=4)
+    assert sum(calls) == N and max(calls) > 1
+    names = sorted(p.name for p in plain.iterdir())
+    assert names == sorted(p.name for p in batched.iterdir())
+    for name in names:
+        assert np.array_equal(np.asarray(Image.open(plain / name)), np.asarray(Image.open(batched / name)))
+
+
 def test_background_gives_h264_with_audio(eraser, clips, tmp_path):
     out = tmp_path / "talk.mp4"
     result = erase_video(clips["aac"], {"cutout": out}, eraser, output=OutputOptions(background="#00ff00"))

@@ -32,6 +32,7 @@ from ben_cli.engines.results import FileResult, Results
 from ben_cli.engines.steps import (
     Item,
     Launched,
+    Outcome,
     check_writable,
     collect_each,
     failure,
@@ -40,7 +41,7 @@ from ben_cli.engines.steps import (
     read_job,
 )
 from ben_cli.options import OutputOptions, VideoOptions
-from ben_cli.output import finishing_device, load_background, write_outputs
+from ben_cli.output import BatchFinisher, finishing_device, load_background, wants_foreground, write_outputs
 from ben_cli.pipeline import Eraser
 from ben_cli.plan import Job
 
@@ -80,6 +81,7 @@ class BatchRun(Results):
         self._limits: list[int] = [self.batch_size]  # each replica's batch size, lowered on out of memory
         # each replica's batch in flight: launched on the device, collected once the next one is launched
         self._in_flight: list[tuple[list[Pending], Launched] | None] = [None]
+        self._finishers: list[BatchFinisher | None] = [None]  # each replica's batched decontamination
         self._names: list[str] = []  # each replica's name in messages ("" with one replica)
         self._lock = threading.Lock()
         self._events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
@@ -105,6 +107,7 @@ class BatchRun(Results):
             self.batch_size = max(1, erasers[0].batch_size)
         self._limits = [self.batch_size] * len(erasers)
         self._in_flight = [None] * len(erasers)
+        self._finishers = [None] * len(erasers)
         self._names = replica_names(erasers)
         self.on_event("loaded", seconds=self.load_seconds)
         self._pipeline([job for job in todo if not job.video], erasers)
@@ -240,6 +243,7 @@ class BatchRun(Results):
         except BaseException as e:  # an interrupt while waiting: this batch is left to the next run
             _fail(chunk, e)
             raise
+        outcome = self._finish_foregrounds(index, eraser, outcome)
         for (_, result), (item, pred, error) in zip(chunk, outcome):
             job, image, _resized = item
             if self._stopping.is_set():  # interrupted while this batch ran: written by a later run
@@ -251,6 +255,27 @@ class BatchRun(Results):
                 write = writers.submit(write_outputs, job, image, pred, self.output, self.background,
                                        device=finishing_device(eraser.device))
                 write.add_done_callback(lambda w, job=job, result=result: _settle_write(job, w, result))
+
+    def _finish_foregrounds(self, index: int, eraser: Eraser, outcome: list[Outcome]) -> list[Outcome]:
+        """On an accelerator: the batch's decontaminated cutout colours, all at once on this (the model's)
+        thread (:class:`ben_cli.output.BatchFinisher`); the writers then only compose, encode and write.
+        On the CPU the writer threads decontaminate each image in parallel, as before."""
+        device = finishing_device(eraser.device)
+        wanted = [k for k, (item, pred, error) in enumerate(outcome)
+                  if error is None and wants_foreground(item[0], self.output)]
+        if device is None or not wanted:
+            return outcome
+        if self._finishers[index] is None:
+            self._finishers[index] = BatchFinisher(device)
+        try:
+            preds = self._finishers[index].finish([outcome[k][0][1] for k in wanted],
+                                                  [outcome[k][1] for k in wanted], self.output)
+        except Exception:  # the writers decontaminate each image (and a bad one fails alone there)
+            return outcome
+        done = list(outcome)
+        for k, pred in zip(wanted, preds):
+            done[k] = (done[k][0], pred, None)
+        return done
 
     def _lower_batch_size(self, index: int, eraser: Eraser, failed_at: int) -> None:
         """Replica ``index`` ran out of memory at ``failed_at`` images: halve its batch size."""

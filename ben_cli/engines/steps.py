@@ -29,6 +29,9 @@ from ben_cli.resize import resize_for_model
 Item = tuple[Job, LoadedImage, np.ndarray]
 """A job, its decoded image and the image at the model side (S, S, 3) uint8."""
 
+Outcome = tuple[Item, Prediction | None, Exception | None]
+"""An item and its prediction, or the error that stopped it."""
+
 
 def read_job(job: Job, side: int) -> tuple[LoadedImage, np.ndarray]:
     """Decode a job's image and resize it to the model side."""
@@ -126,7 +129,7 @@ def launch_each(eraser: Eraser, batch: Sequence[Item]) -> Launched:
 
 
 def collect_each(launched: Launched, on_oom: Callable[[int], None] | None = None,
-                 ) -> list[tuple[Item, Prediction | None, Exception | None]]:
+                 ) -> list[Outcome]:
     """Wait for a launched batch; on failure retry its images one by one, so one bad image fails alone.
 
     Returns (item, prediction or None, error or None) per item, in order. When the batch ran
@@ -146,7 +149,7 @@ def collect_each(launched: Launched, on_oom: Callable[[int], None] | None = None
 
 
 def predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int], None] | None = None,
-                 ) -> list[tuple[Item, Prediction | None, Exception | None]]:
+                 ) -> list[Outcome]:
     """Predict a batch now: :func:`collect_each` of :func:`launch_each`.
 
     All of it runs with the replica's device current (:func:`ben_cli.device.device_guard`): this is
@@ -156,7 +159,7 @@ def predict_each(eraser: Eraser, batch: Sequence[Item], on_oom: Callable[[int], 
 
 
 def _one_by_one(eraser: Eraser, batch: Sequence[Item], error: Exception, on_oom: Callable[[int], None] | None,
-                ) -> list[tuple[Item, Prediction | None, Exception | None]]:
+                ) -> list[Outcome]:
     """After a batch failed with ``error``: each image alone, so one bad image fails alone."""
     if is_out_of_memory(error):
         free_memory(eraser)
@@ -164,7 +167,7 @@ def _one_by_one(eraser: Eraser, batch: Sequence[Item], error: Exception, on_oom:
         return [(batch[0], None, error)]
     if is_out_of_memory(error) and on_oom is not None:
         on_oom(len(batch))
-    out: list[tuple[Item, Prediction | None, Exception | None]] = []
+    out: list[Outcome] = []
     for item in batch:
         try:
             pred = eraser.predict([item[1].rgb], resized=[item[2]], want_trimap=wants_trimap(item[0]))[0]

@@ -31,7 +31,7 @@ import torch
 from ben_cli.device import device_guard
 from ben_cli.io import KINDS, LoadedImage, Pin
 from ben_cli.options import OutputOptions, VideoOptions, default_workers
-from ben_cli.output import TRIMAP_KINDS, load_background, render
+from ben_cli.output import TRIMAP_KINDS, BatchFinisher, finishing_device, load_background, render
 from ben_cli.pipeline import Eraser, Prediction
 from ben_cli.resize import resize_for_model
 from ben_cli.video.decode import DecodedFrame, VideoInfo, open_source
@@ -137,6 +137,9 @@ class _Run:
         self.threads += [threading.Thread(target=self._encode, args=(s, q), name=f"ben-video-{s.kind}", daemon=True)
                          for s, q in zip(sinks, self.sink_queues)]
         self.predicted = 0
+        device = finishing_device(eraser.device)
+        self.finisher = (BatchFinisher(device) if device is not None and "cutout" in self.kinds
+                         and output.decontaminate else None)
 
     # -------------------------------------------------------------- worker threads
 
@@ -191,6 +194,10 @@ class _Run:
                 continue
 
     def _dispatch(self, done: list[tuple[Any, Prediction]]) -> None:
+        if self.finisher is not None and done:  # the batch's cutout colours on the model's device, at once
+            frames = [frame for frame, _ in done]
+            done = list(zip(frames, self.finisher.finish([f.image for f in frames], [p for _, p in done],
+                                                         self.output)))
         for frame, pred in done:
             future: Future = self.pool.submit(_render_all, self.kinds, frame.image, pred, self.output, self.background)
             for q in self.sink_queues:
