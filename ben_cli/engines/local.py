@@ -218,18 +218,23 @@ class BatchRun(Results):
     def _run_batch(self, index: int, eraser: Eraser, batch: list[Pending], writers: ThreadPoolExecutor) -> None:
         """Launch ``batch`` on replica ``index`` in chunks of its batch size; each chunk is launched before
         the one in flight is collected (:meth:`_settle`), so the host stages and uploads batch k+1 while
-        the device runs batch k, and waits once per batch."""
+        the device runs batch k, and waits once per batch. A chunk that failed to launch (out of memory
+        shows there) or was answered at once is settled at once: the batch size it lowers applies to
+        the next chunk, and nothing finished waits for a later one."""
         pos = 0
         while pos < len(batch):
             chunk = batch[pos : pos + self._limits[index]]
             pos += len(chunk)
             try:
                 launched = launch_each(eraser, [item for item, _ in chunk])
-            except BaseException as e:  # an interrupt: nothing of this chunk is written
+            except BaseException as e:  # an interrupt: nothing of this chunk is written, the one before is
                 _fail(chunk, e)
+                self._settle(index, eraser, writers)
                 raise
             self._settle(index, eraser, writers)
             self._in_flight[index] = (chunk, launched)
+            if launched.flight is None:
+                self._settle(index, eraser, writers)
 
     def _settle(self, index: int, eraser: Eraser, writers: ThreadPoolExecutor) -> None:
         """Collect replica ``index``'s batch in flight (if any): settle each item's future with its
