@@ -8,7 +8,8 @@ region of the original an output shows, and where it lands), and :func:`place` /
 Boxes are ``(left, top, right, bottom)`` in pixels with ``right`` and ``bottom`` exclusive, the order
 PIL's ``Image.crop`` takes, so a pipeline can crop the original itself with the box of the report.
 
-Semantics of the margin (``Margin``: pixels, or a percentage of the subject box's longer side):
+Semantics of the margin (``margin`` pixels, or with ``percent`` that percentage of the subject box's longer
+side):
 
 * crop only: the subject box grows by the margin on every side, clamped to the image; the output is
   that region, at its own size.
@@ -37,28 +38,13 @@ Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
-class Margin:
-    """Space around the subject: ``value`` pixels, or with ``percent`` that percentage of the subject box's
-    longer side."""
-
-    value: float = 0.0
-    percent: bool = False
-
-    def pixels(self, longer: float) -> float:
-        """The margin in pixels for a subject whose longer side is ``longer`` pixels."""
-        return self.value * longer / 100.0 if self.percent else float(self.value)
-
-    def __str__(self) -> str:
-        return f"{self.value:g}%" if self.percent else f"{self.value:g}"
-
-
-@dataclass(frozen=True)
 class Layout:
     """Where one input's outputs come from and go: the ``region`` of the original shown (a box in the
     original's pixels), the output ``size`` (W, H), and the ``target`` box on the output that the region
-    is resized to (it may reach past the output's edges by a rounding pixel; that part is cut).
+    is resized to.
     ``scale``: output pixels per original pixel; ``canvas``: the output is a canvas (``--canvas`` or
-    ``--square``) rather than the region itself."""
+    ``--square``) rather than the region itself. The target's edges are the region's scaled edges
+    rounded to the nearest pixel (halves down), inside the output."""
 
     region: Box
     size: tuple[int, int]
@@ -120,10 +106,16 @@ def grow(box: Box, by: float, size: tuple[int, int]) -> Box:
     return max(0, left - m), max(0, top - m), min(size[0], right + m), min(size[1], bottom + m)
 
 
-def plan_layout(subject: Box, size: tuple[int, int], margin: Margin = Margin(), *,
+def margin_pixels(margin: float, percent: bool, longer: float) -> float:
+    """``margin`` in pixels for a subject whose longer side is ``longer``: itself, or with ``percent``
+    that percentage of ``longer``."""
+    return margin * longer / 100.0 if percent else float(margin)
+
+
+def plan_layout(subject: Box, size: tuple[int, int], margin: float = 0.0, *, percent: bool = False,
                 canvas: tuple[int, int] | None = None, square: bool = False, upscale: bool = False) -> Layout:
     """The :class:`Layout` of an image of ``size`` (W, H) whose subject box is ``subject`` (see the module
-    docstring for the semantics of ``margin``, ``canvas``, ``square`` and ``upscale``).
+    docstring for the semantics of ``margin``, ``percent``, ``canvas``, ``square`` and ``upscale``).
 
     Raises ValueError for an empty subject box, a canvas not larger than twice a pixel margin, or both
     ``canvas`` and ``square``.
@@ -136,30 +128,36 @@ def plan_layout(subject: Box, size: tuple[int, int], margin: Margin = Margin(), 
         raise ValueError("give canvas or square, not both")
     longer = max(bw, bh)
     if canvas is None and not square:
-        region = grow(subject, margin.pixels(longer), size)
+        region = grow(subject, margin_pixels(margin, percent, longer), size)
         w, h = region[2] - region[0], region[3] - region[1]
         return Layout(region, (w, h), (0, 0, w, h))
     if square:
-        side = longer + 2 * math.floor(margin.pixels(longer) + 0.5)
-        canvas, scale, free = (side, side), 1.0, margin.pixels(longer)
-    elif margin.percent:
-        free = margin.pixels(longer)  # in original pixels; scales with the subject
+        side = longer + 2 * math.floor(margin_pixels(margin, percent, longer) + 0.5)
+        canvas, scale, free = (side, side), 1.0, margin_pixels(margin, percent, longer)
+    elif percent:
+        free = margin_pixels(margin, percent, longer)  # in original pixels; scales with the subject
         scale = min(canvas[0] / (bw + 2 * free), canvas[1] / (bh + 2 * free))
     else:
-        room_w, room_h = canvas[0] - 2 * margin.value, canvas[1] - 2 * margin.value
+        room_w, room_h = canvas[0] - 2 * margin, canvas[1] - 2 * margin
         if room_w < 1 or room_h < 1:
-            raise ValueError(f"a margin of {margin} pixels leaves no room on a {canvas[0]}x{canvas[1]} canvas")
+            raise ValueError(f"a margin of {margin:g} pixels leaves no room on a {canvas[0]}x{canvas[1]} canvas")
         scale = min(room_w / bw, room_h / bh)
     if not upscale:
         scale = min(scale, 1.0)
-    if not square and not margin.percent:
-        free = margin.value / scale  # canvas pixels kept free -> original pixels around the subject
+    if not square and not percent:
+        free = margin / scale  # canvas pixels kept free -> original pixels around the subject
     region = grow(subject, free, size)
-    sw, sh = min(canvas[0], max(1, round(bw * scale))), min(canvas[1], max(1, round(bh * scale)))
-    x, y = (canvas[0] - sw) // 2, (canvas[1] - sh) // 2  # the subject's top-left on the canvas
-    target = (x - round((left - region[0]) * scale), y - round((top - region[1]) * scale),
-              x + sw + round((region[2] - right) * scale), y + sh + round((region[3] - bottom) * scale))
-    return Layout(region, canvas, target, scale, canvas=True)
+    x = (canvas[0] - bw * scale) / 2 - (left - region[0]) * scale  # the region's edges on the canvas
+    y = (canvas[1] - bh * scale) / 2 - (top - region[1]) * scale
+    edges = (x, y, x + (region[2] - region[0]) * scale, y + (region[3] - region[1]) * scale)
+    x0, y0, x1, y1 = (min(limit, max(0, _nearest(e))) for e, limit in zip(edges, canvas + canvas))
+    return Layout(region, canvas, (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)), scale, canvas=True)
+
+
+def _nearest(value: float) -> int:
+    """``value`` rounded to the nearest integer, halves down (a subject 3 pixels narrower than its
+    canvas gets 1 on the left and 2 on the right, as ``(W - w) // 2`` does)."""
+    return math.ceil(value - 0.5 - 1e-9)
 
 
 def _paste(x: torch.Tensor, layout: Layout, fill: float) -> torch.Tensor:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from ben_cli.crop import Margin
 from ben_cli.errors import OptionError
 
 
@@ -257,6 +256,18 @@ class OutputOptions:
             return None
 
         return parse_colour(self.background)
+
+
+@dataclass(frozen=True)
+class Margin:
+    """``--margin``: space around the subject, ``value`` pixels, or with ``percent`` that percentage of
+    the subject box's longer side (:func:`ben_cli.crop.plan_layout`)."""
+
+    value: float = 0.0
+    percent: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{self.value:g}"
 
 
 _MARGIN_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(%|px)?$")

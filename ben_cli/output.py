@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from ben_cli.compose import composite, cover_resize, cutout, multiply_alpha, threshold_alpha
-from ben_cli.crop import Box, Layout, Margin, place, place_premultiplied, plan_layout, subject_boxes
+from ben_cli.crop import Box, Layout, place, place_premultiplied, plan_layout, subject_boxes
 from ben_cli.device import on_stream, release_cached_memory, side_stream
 from ben_cli.errors import InputError
 from ben_cli.foreground import decontaminate, decontaminate_many
 from ben_cli.io import LoadedImage, atomic_write_bytes, encode_image, read_image, write_stdout_bytes
-from ben_cli.options import OutputOptions
+from ben_cli.options import Margin, OutputOptions
 from ben_cli.pipeline import Prediction
 from ben_cli.plan import STDIO, Job
 from ben_cli.staging import Downloads, Uploads
@@ -103,8 +103,9 @@ def subject_box(alpha: torch.Tensor, threshold: float, label: str) -> Box:
 def layout_for(box: Box, size: tuple[int, int], output: OutputOptions) -> Layout:
     """The layout of a subject ``box`` in an image of ``size`` (W, H) with ``output``'s crop settings."""
     canvas = output.canvas if isinstance(output.canvas, tuple) else None
-    return plan_layout(box, size, output.margin if isinstance(output.margin, Margin) else Margin(),
-                       canvas=canvas, square=output.square, upscale=output.upscale)
+    margin = output.margin if isinstance(output.margin, Margin) else Margin()
+    return plan_layout(box, size, margin.value, percent=margin.percent, canvas=canvas, square=output.square,
+                       upscale=output.upscale)
 
 
 def output_alpha(image: LoadedImage, pred: Prediction, output: OutputOptions) -> torch.Tensor:

@@ -50,7 +50,8 @@ _POLL_S = 0.1
 class VideoResult:
     """What :func:`erase_video` did: ``frames`` written to every output, ``outputs`` (kind -> path),
     ``audio`` (what happened to the audio stream, None without one), ``notes`` (one line each),
-    ``seconds`` (opening to the last rename)."""
+    ``seconds`` (opening to the last rename), ``crop``: the clip's crop box and canvas with ``--crop``
+    (:meth:`ben_cli.crop.Layout.to_json`)."""
 
     source: str
     info: VideoInfo
@@ -278,7 +279,9 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
         outputs: ``--save`` kind (cutout, alpha, trimap, overlay) -> target path: a video file,
             or with ``video.frames`` a folder for one image per frame (see :func:`video_suffixes`).
         eraser: the model, exactly as images use it (``Eraser.predict``).
-        output: how the cutout is finished (decontamination, threshold, background; as for images).
+        output: how the cutout is finished (decontamination, threshold, background; as for images);
+            with ``output.crop`` every output is cropped to one box for the whole clip, the union of its
+            frames' subject boxes (two passes over the file, the model run once: :mod:`ben_cli.video.crop`).
         video: format, frames, smoothing, quality (:class:`~ben_cli.options.VideoOptions`).
         batch_size: frames per model batch (default: the Eraser's).
         on_frames: progress, called in this thread after each batch: ``on_frames(done, total)``.
@@ -310,11 +313,6 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
     batch_size = batch_size or eraser.batch_size
     spill, layout = (_first_pass(source, outputs, eraser, output, video, batch_size, label, on_frames) if output.crop
                      else (None, None))
-    if spill is not None and on_frames is not None:  # the second half of the progress: the outputs written
-        first, report = len(spill), on_frames
-
-        def on_frames(done: int, total: int | None) -> None:
-            report(first + done, 2 * first)
     src = open_source(Path(source), label=label)
     info: VideoInfo = src.info
     size = info if layout is None else replace(info, width=layout.size[0], height=layout.size[1])
@@ -364,8 +362,8 @@ def _first_pass(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
                 video: VideoOptions, batch_size: int, label: str,
                 on_frames: ProgressCallback | None) -> tuple[PredictionSpill, Layout]:
     """``--crop``: every frame through the model once, its prediction kept, and the clip's one layout
-    from the union of the frames' subject boxes (:mod:`ben_cli.video.crop`); the first half of the
-    progress."""
+    from the union of the frames' subject boxes (:mod:`ben_cli.video.crop`). ``on_frames`` counts the
+    frames through the model here, then the second pass counts them again."""
     src = open_source(Path(source), label=label)
     spill = PredictionSpill(label)
     try:
@@ -373,8 +371,7 @@ def _first_pass(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
         with device_guard(eraser.device):
             box = scan_clip(src, eraser, output, spill, smooth=video.smooth, batch_size=max(1, batch_size),
                             want_trimap=any(k in TRIMAP_KINDS for k in outputs), label=label,
-                            on_frames=None if on_frames is None else
-                            lambda done: on_frames(done, None if total is None else 2 * total))
+                            on_frames=None if on_frames is None else lambda done: on_frames(done, total))
         return spill, layout_for(box, spill.size, output)
     except BaseException:
         spill.close()
