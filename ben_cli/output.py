@@ -2,7 +2,8 @@
 
 :func:`render` turns a :class:`~ben_cli.pipeline.Prediction` into the array of one
 output kind (cutout, alpha, trimap, overlay) with the writer's
-:class:`~ben_cli.options.OutputOptions` (threshold, decontamination, background);
+:class:`~ben_cli.options.OutputOptions` (threshold, decontamination, background, and with ``crop`` the
+:class:`~ben_cli.crop.Layout` of :func:`output_layout`: the subject's box, margin and canvas);
 :func:`write_outputs` encodes and writes every output of a job atomically.
 """
 

@@ -241,6 +241,18 @@ def test_canvas_with_a_background_is_the_ecommerce_recipe(tmp_path, known):
     assert abs(pixels[8, 8] - [255, 40, 40]).max() < 30  # the subject in the middle
 
 
+def test_a_background_image_covers_the_whole_canvas(tmp_path, known):
+    src = _product(tmp_path / "in" / "shot.png")
+    bg = tmp_path / "bg.png"
+    Image.fromarray(np.full((8, 8, 3), (20, 60, 200), np.uint8)).save(bg)
+    code, _ = _erase(tmp_path, src, tmp_path / "out", "--canvas", "40x30", "--background", bg)
+    assert code == 0
+    pixels = np.asarray(Image.open(tmp_path / "out" / "shot.png"))
+    assert pixels.shape == (30, 40, 3)
+    assert (pixels[0, 0] == (20, 60, 200)).all() and (pixels[-1, -1] == (20, 60, 200)).all()
+    assert (pixels[10:20, 10:30] == (255, 40, 40)).all()  # the 20x10 subject, unscaled, in the middle
+
+
 def test_square_without_background_is_transparent_around(tmp_path, known):
     src = _product(tmp_path / "in" / "shot.png")
     code, files = _erase(tmp_path, src, tmp_path / "sq", "--square", "-s", "cutout,alpha")
