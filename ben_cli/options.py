@@ -184,6 +184,12 @@ class OutputOptions:
     ``format``: of the cutout file. ``threshold``: t in [0, 1], hard alpha
     (255 where alpha > t). ``png_compression``: zlib level 0-9 (None: the fast
     default). ``quality``: JPEG/WebP quality 1-100.
+
+    Cropping (:mod:`ben_cli.crop`): ``crop`` trims every output to the subject, the pixels whose
+    alpha is at least ``crop_threshold`` (in (0, 1]), grown by ``margin`` (pixels, or ``"4%"`` of the
+    subject box's longer side; ``"12"``, ``12`` and ``"12px"`` are pixels). ``canvas`` (``"WxH"`` or
+    (W, H)) or ``square`` place it centred on a canvas, scaled down to fit (up too with ``upscale``);
+    either implies ``crop``.
     """
 
     decontaminate: bool = True
@@ -192,9 +198,16 @@ class OutputOptions:
     threshold: float | None = None
     png_compression: int | None = None
     quality: int = 95
+    crop: bool = False
+    crop_threshold: float = 0.05
+    margin: Margin | str | float = 0
+    canvas: tuple[int, int] | str | None = None
+    square: bool = False
+    upscale: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _enum(ImageFormat, self.format, "format"))
+        self._check_crop()
         if self.format is not ImageFormat.png and self.background is None:
             raise OptionError("format", f"{self.format.value} has no transparency: give {{opt:background}} COLOR|IMAGE "
                                         "to flatten the cutout, or keep png")
@@ -208,6 +221,30 @@ class OutputOptions:
 
             parse_colour(self.background)  # raises OptionError("background", ...)
 
+    def _check_crop(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "margin", parse_margin(self.margin))
+        if self.canvas is not None:
+            set_(self, "canvas", parse_canvas(self.canvas))
+        if self.canvas is not None and self.square:
+            raise OptionError("square", "makes a canvas of its own: give {opt:canvas} WxH or {flag}, not both")
+        if self.canvas is not None or self.square:
+            set_(self, "crop", True)  # a canvas holds the cropped subject
+        threshold = self.crop_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise OptionError("crop_threshold", f"must be above 0 and at most 1, got {threshold}")
+        if not self.crop:
+            if self.crop_threshold != 0.05:
+                raise OptionError("crop_threshold", "needs {opt:crop} (or {opt:canvas}, {opt:square})")
+            if self.margin.value:
+                raise OptionError("margin", "needs {opt:crop} (or {opt:canvas}, {opt:square})")
+        if self.upscale and self.canvas is None:
+            raise OptionError("upscale", "needs {opt:canvas} WxH (only a canvas of a given size scales the subject)")
+        if self.canvas is not None and not self.margin.percent and 2 * self.margin.value >= min(self.canvas):
+            width, height = self.canvas
+            raise OptionError("margin", f"{self.margin} pixels on every side leaves no room on a {width}x{height} "
+                                        "canvas")
+
     @property
     def cutout_suffix(self) -> str:
         """File suffix of the cutout kind: ``.png``, ``.jpg`` or ``.webp``."""
@@ -219,6 +256,53 @@ class OutputOptions:
             return None
 
         return parse_colour(self.background)
+
+
+@dataclass(frozen=True)
+class Margin:
+    """``--margin``: space around the subject, ``value`` pixels, or with ``percent`` that percentage of
+    the subject box's longer side (:func:`ben_cli.crop.plan_layout`)."""
+
+    value: float = 0.0
+    percent: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{self.value:g}"
+
+
+_MARGIN_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(%|px)?$")
+_CANVAS_RE = re.compile(r"^(\d+)\s*[x×]\s*(\d+)$")
+MAX_CANVAS = 16384
+"""The largest canvas side (pixels)."""
+
+
+def parse_margin(value: Margin | str | float) -> Margin:
+    """``--margin``: ``12`` or ``12px`` (pixels), ``4%`` (of the subject box's longer side), at least 0."""
+    if isinstance(value, Margin):
+        return value
+    if isinstance(value, bool):
+        raise OptionError("margin", f"bad margin {value!r}")
+    if isinstance(value, (int, float)):
+        if not 0 <= value < float("inf"):
+            raise OptionError("margin", f"must be 0 or more, got {value}")
+        return Margin(float(value))
+    match = _MARGIN_RE.match(str(value).strip().lower())
+    if not match:
+        raise OptionError("margin", f"bad margin {value!r}: give pixels (12) or a percentage of the subject (4%)")
+    return Margin(float(match[1]), percent=match[2] == "%")
+
+
+def parse_canvas(value: tuple[int, int] | str) -> tuple[int, int]:
+    """``--canvas``: ``WxH`` in pixels (``1200x1200``), each side 1 to :data:`MAX_CANVAS`."""
+    if isinstance(value, str):
+        match = _CANVAS_RE.match(value.strip().lower())
+        if not match:
+            raise OptionError("canvas", f"bad canvas {value!r}: give WIDTHxHEIGHT in pixels, like 1200x1200")
+        value = (int(match[1]), int(match[2]))
+    width, height = value
+    if not (1 <= width <= MAX_CANVAS and 1 <= height <= MAX_CANVAS):
+        raise OptionError("canvas", f"sides must be 1 to {MAX_CANVAS} pixels, got {width}x{height}")
+    return int(width), int(height)
 
 
 class VideoFormat(str, Enum):

@@ -2,7 +2,8 @@
 
 :func:`render` turns a :class:`~ben_cli.pipeline.Prediction` into the array of one
 output kind (cutout, alpha, trimap, overlay) with the writer's
-:class:`~ben_cli.options.OutputOptions` (threshold, decontamination, background);
+:class:`~ben_cli.options.OutputOptions` (threshold, decontamination, background, and with ``crop`` the
+:class:`~ben_cli.crop.Layout` of :func:`output_layout`: the subject's box, margin and canvas);
 :func:`write_outputs` encodes and writes every output of a job atomically.
 """
 
@@ -15,11 +16,12 @@ import numpy as np
 import torch
 
 from ben_cli.compose import composite, cover_resize, cutout, multiply_alpha, threshold_alpha
+from ben_cli.crop import Box, Layout, place, place_premultiplied, plan_layout, subject_boxes
 from ben_cli.device import on_stream, release_cached_memory, side_stream
 from ben_cli.errors import InputError
 from ben_cli.foreground import decontaminate, decontaminate_many
 from ben_cli.io import LoadedImage, atomic_write_bytes, encode_image, read_image, write_stdout_bytes
-from ben_cli.options import OutputOptions
+from ben_cli.options import Margin, OutputOptions
 from ben_cli.pipeline import Prediction
 from ben_cli.plan import STDIO, Job
 from ben_cli.staging import Downloads, Uploads
@@ -30,32 +32,44 @@ TRIMAP_KINDS = frozenset({"trimap", "overlay"})
 
 
 def render(kind: str, image: LoadedImage, pred: Prediction, output: OutputOptions | None = None,
-           background: torch.Tensor | None = None, *, device: torch.device | None = None) -> np.ndarray:
+           background: torch.Tensor | None = None, layout: Layout | None = None, *,
+           device: torch.device | None = None) -> np.ndarray:
     """The array written for one output kind (H, W[, 3 or 4]) uint8: RGBA cutout (RGB when flattened
     onto a background), alpha, trimap, or the trimap overlay picture (RGB).
 
     The input's own transparency is kept (alpha and cutout use model alpha times input
     alpha); ``output`` says how to finish the cutout (threshold, decontamination,
-    background colour or ``background`` image (3, h, w) uint8). ``device``: where the
-    foreground colours are estimated (:func:`decontaminate_on`); the CPU when None.
+    background colour or ``background`` image (3, h, w) uint8, crop and canvas). ``layout``:
+    where the output comes from and goes with ``output.crop`` (:func:`output_layout` when None; a
+    clip passes the one of all its frames). ``device``: where the foreground colours are estimated
+    (:func:`decontaminate_on`); the CPU when None.
     """
     output = output or OutputOptions()
+    if layout is None and output.crop:
+        layout = output_layout(image, pred, output)
     if kind in TRIMAP_KINDS:
         if pred.trimap is None:
             raise ValueError("trimap was not computed")
+        trimap = torch.from_numpy(pred.trimap)[None, None]
+        if layout is not None:
+            trimap = place(trimap, layout, nearest=True)
         if kind == "trimap":
-            return pred.trimap
+            return trimap[0, 0].numpy()
         rgb = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
-        return trimap_overlay(rgb, torch.from_numpy(pred.trimap)[None, None])[0].permute(1, 2, 0).contiguous().numpy()
+        if layout is not None:
+            rgb = place(rgb, layout)
+        return trimap_overlay(rgb, trimap)[0].permute(1, 2, 0).contiguous().numpy()
     alpha = output_alpha(image, pred, output)
     if kind == "alpha":
-        return alpha[0, 0].numpy()
+        return (alpha if layout is None else place(alpha, layout))[0, 0].numpy()
     rgb = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
     if output.decontaminate:
         if pred.foreground is not None:  # done for the whole batch on the model's device
             rgb = torch.from_numpy(pred.foreground).permute(2, 0, 1)[None]
         else:
             rgb = decontaminate_on(rgb, alpha, device)
+    if layout is not None:
+        rgb, alpha = place_premultiplied(rgb, alpha, layout)
     if output.background is not None:
         colour = output.background_colour()
         if colour is None:
@@ -66,6 +80,33 @@ def render(kind: str, image: LoadedImage, pred: Prediction, output: OutputOption
             bg = colour
         return composite(rgb, alpha, bg)[0].permute(1, 2, 0).contiguous().numpy()
     return cutout(rgb, alpha)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def output_layout(image: LoadedImage, pred: Prediction, output: OutputOptions) -> Layout | None:
+    """The crop and canvas of one image's outputs (:func:`ben_cli.crop.plan_layout`), None without
+    ``output.crop``. The subject is the pixels of the written alpha (:func:`output_alpha`) at
+    ``output.crop_threshold`` or above; an image with none is an :class:`InputError`."""
+    if not output.crop:
+        return None
+    box = subject_box(output_alpha(image, pred, output), output.crop_threshold, image.path)
+    return layout_for(box, image.size, output)
+
+
+def subject_box(alpha: torch.Tensor, threshold: float, label: str) -> Box:
+    """The subject box of one alpha (1, 1, H, W) uint8; :class:`InputError` (naming ``label``) with none."""
+    boxes, found = subject_boxes(alpha, threshold)
+    if not bool(found[0]):
+        raise InputError(label, f"no subject above {threshold:g}")
+    left, top, right, bottom = (int(v) for v in boxes[0].tolist())
+    return left, top, right, bottom
+
+
+def layout_for(box: Box, size: tuple[int, int], output: OutputOptions) -> Layout:
+    """The layout of a subject ``box`` in an image of ``size`` (W, H) with ``output``'s crop settings."""
+    canvas = output.canvas if isinstance(output.canvas, tuple) else None
+    margin = output.margin if isinstance(output.margin, Margin) else Margin()
+    return plan_layout(box, size, margin.value, percent=margin.percent, canvas=canvas, square=output.square,
+                       upscale=output.upscale)
 
 
 def output_alpha(image: LoadedImage, pred: Prediction, output: OutputOptions) -> torch.Tensor:
@@ -143,15 +184,19 @@ def decontaminate_on(rgb: torch.Tensor, alpha: torch.Tensor, device: torch.devic
 
 
 def write_outputs(job: Job, image: LoadedImage, pred: Prediction, output: OutputOptions | None = None,
-                  background: torch.Tensor | None = None, *, device: torch.device | None = None) -> list[str]:
+                  background: torch.Tensor | None = None, *, device: torch.device | None = None,
+                  layout: Layout | None = None) -> list[str]:
     """Render, encode and write every output of ``job`` (atomically; ``-`` is stdout), each recording
-    the job's source (:attr:`~ben_cli.plan.Job.record`); ``device``: see :func:`render`. An
-    :class:`OSError` while writing names the output path (``filename``)."""
+    the job's source (:attr:`~ben_cli.plan.Job.record`); ``device`` and ``layout``: see :func:`render`
+    (the layout is found once for all of them, before any is written: an image without a subject
+    writes nothing). An :class:`OSError` while writing names the output path (``filename``)."""
     output = output or OutputOptions()
+    if layout is None and output.crop:
+        layout = output_layout(image, pred, output)
     written = []
     for kind, target in job.outputs.items():
         cut = kind == "cutout"
-        data = encode_image(render(kind, image, pred, output, background, device=device),
+        data = encode_image(render(kind, image, pred, output, background, layout, device=device),
                             output.format.value if cut else "png",
                             icc_profile=image.icc_profile if cut else None, compression=output.png_compression,
                             quality=output.quality, source=job.record)

@@ -169,6 +169,22 @@ def test_ray_writes_what_the_local_engine_writes(ray_out, tmp_path, tiny_checkpo
         "ray", 2, 0, "cpu")
 
 
+def test_ray_crops_and_reports_the_box_as_the_local_engine_does(tmp_path, tiny_checkpoint):
+    src = _make_inputs(tmp_path / "in", broken=False)
+    reports = {}
+    for engine in ("ray", "local"):
+        reports[engine] = tmp_path / f"{engine}.json"
+        assert _erase(src, tmp_path / engine, "--engine", engine, "--canvas", "24x24", "--margin", "2",
+                      "--report", reports[engine], weights=tiny_checkpoint) == 0
+    crops = {engine: {Path(f["input"]).name: f["crop"] for f in json.loads(path.read_text())["files"]}
+             for engine, path in reports.items()}
+    assert crops["ray"] == crops["local"] and len(crops["ray"]) == len(GOOD)
+    assert all(crop["canvas"] == [24, 24] for crop in crops["ray"].values())
+    for name in ("a.jpg.png", "sub/deep/c.alpha.png"):
+        with Image.open(tmp_path / "ray" / name) as im:
+            assert im.size == (24, 24)
+
+
 def test_a_second_run_skips_everything_without_running_ray(ray_out, tmp_path, tiny_checkpoint, monkeypatch):
     src, out, _, _ = ray_out
     src2 = shutil.copytree(src, tmp_path / "in")

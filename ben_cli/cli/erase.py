@@ -62,6 +62,27 @@ Format = Annotated[FileFormat | None, typer.Option("--format", metavar="FMT", ri
                                                    help="Cutout format. Images: png (default), jpg, webp (these two "
                                                    "need --background). Videos: webm (VP9 with alpha, default), "
                                                    "mov (ProRes 4444), mp4 (H.264, needs --background).")]
+_CROP = "Crop and canvas"
+Crop = Annotated[bool, typer.Option("--crop", metavar="", rich_help_panel=_CROP,
+                                    help="Trim every output (cutout, alpha, trimap, overlay, --background renders) "
+                                    "to the subject's bounding box. An image without a subject fails. The report "
+                                    "records each file's box (left, top, right, bottom) in the original's pixels. "
+                                    "Videos: one box for the whole clip (the union over its frames).")]
+CropThreshold = Annotated[float, typer.Option("--crop-threshold", metavar="T", rich_help_panel=_CROP,
+                                              help="A pixel is subject when its alpha is at least T (0-1), so a "
+                                              "faint haze does not widen the box.")]
+MarginOpt = Annotated[str, typer.Option("--margin", metavar="N|N%", rich_help_panel=_CROP,
+                                        help="Space around the subject: N pixels, or N% of the box's longer side "
+                                        "(clamped to the image). With a canvas it is kept free inside it.")]
+Canvas = Annotated[str | None, typer.Option("--canvas", metavar="WxH", rich_help_panel=_CROP, show_default=False,
+                                            help="Centre the cropped subject on a WxH canvas (implies --crop), "
+                                            "scaled down to fit inside the margin; the rest transparent or the "
+                                            "--background.")]
+Square = Annotated[bool, typer.Option("--square", metavar="", rich_help_panel=_CROP,
+                                      help="Centre it on a square canvas of the box's longer side plus the "
+                                      "margins (implies --crop; never scaled).")]
+Upscale = Annotated[bool, typer.Option("--upscale", metavar="", rich_help_panel=_CROP,
+                                       help="Let --canvas scale a small subject up to fit (default: only down).")]
 _VIDEO = "Video"
 AllFrames = Annotated[bool, typer.Option("--all-frames", metavar="", rich_help_panel=_VIDEO,
                                          help="Treat animated GIF/WebP/APNG as videos (default: their first frame).")]
@@ -126,6 +147,12 @@ def erase(
     format: Format = None,
     threshold: Threshold = None,
     png_compression: PngCompression = None,
+    crop: Crop = False,
+    crop_threshold: CropThreshold = 0.05,
+    margin: MarginOpt = "0",
+    canvas: Canvas = None,
+    square: Square = False,
+    upscale: Upscale = False,
     overwrite: opt.Overwrite = False,
     report: Report = None,
     workers: Workers = None,
@@ -155,7 +182,8 @@ def erase(
         fmt = None if format is None else format.value
         finish = OutputOptions(decontaminate=not no_decontaminate, background=background,
                                format=fmt if fmt in ("png", "jpg", "webp") else ImageFormat.png, threshold=threshold,
-                               png_compression=png_compression)
+                               png_compression=png_compression, crop=crop, crop_threshold=crop_threshold,
+                               margin=margin, canvas=canvas, square=square, upscale=upscale)
         video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
                              all_frames=all_frames, smooth=smooth, crf=crf)
         check_report_path(report)

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ben_cli.engines.results import FileResult, Results
 from ben_cli.engines.steps import (
@@ -41,9 +41,22 @@ from ben_cli.engines.steps import (
     read_job,
 )
 from ben_cli.options import OutputOptions, VideoOptions
-from ben_cli.output import BatchFinisher, finishing_device, load_background, wants_foreground, write_outputs
-from ben_cli.pipeline import Eraser
+from ben_cli.output import (
+    BatchFinisher,
+    finishing_device,
+    load_background,
+    output_layout,
+    wants_foreground,
+    write_outputs,
+)
+from ben_cli.pipeline import Eraser, Prediction
 from ben_cli.plan import Job
+
+if TYPE_CHECKING:
+    import torch
+
+    from ben_cli.crop import Layout
+    from ben_cli.io import LoadedImage
 
 Pending = tuple[Item, "Future[FileResult]"]
 """An item read and waiting for the model, and the future of its result."""
@@ -130,7 +143,8 @@ class BatchRun(Results):
             reason, tb = failure(e, "processing the video")
             self.record(FileResult(job.label, "failed", error=reason, traceback=tb))
             return
-        self.record(FileResult(job.label, "done", [str(p) for p in job.outputs.values()], frames=result.frames))
+        self.record(FileResult(job.label, "done", [str(p) for p in job.outputs.values()], frames=result.frames,
+                               crop=result.crop))
 
     # ------------------------------------------------------------------ images
 
@@ -257,8 +271,8 @@ class BatchRun(Results):
                 reason, tb = failure(error, "running the model")
                 result.set_result(FileResult(job.label, "failed", error=reason, traceback=tb))
             else:
-                write = writers.submit(write_outputs, job, image, pred, self.output, self.background,
-                                       device=finishing_device(eraser.device))
+                write = writers.submit(_write, job, image, pred, self.output, self.background,
+                                       finishing_device(eraser.device))
                 write.add_done_callback(lambda w, job=job, result=result: _settle_write(job, w, result))
 
     def _finish_foregrounds(self, index: int, eraser: Eraser, outcome: list[Outcome]) -> list[Outcome]:
@@ -396,13 +410,21 @@ def _fail(batch: list[Pending], error: BaseException | None) -> None:
             result.set_exception(error)
 
 
+def _write(job: Job, image: LoadedImage, pred: Prediction, output: OutputOptions, background: torch.Tensor | None,
+           device: torch.device | None) -> tuple[list[str], Layout | None]:
+    """Write a job's outputs (on a writer thread); the paths written and their crop (for the report)."""
+    layout = output_layout(image, pred, output)
+    return write_outputs(job, image, pred, output, background, device=device, layout=layout), layout
+
+
 def _settle_write(job: Job, write: Future, result: Future[FileResult]) -> None:
     """The result of a job once its outputs' write ended (on the writer's thread)."""
     if write.cancelled():
         result.cancel()
         return
     try:
-        outcome = FileResult(job.label, "done", write.result())
+        written, layout = write.result()
+        outcome = FileResult(job.label, "done", written, crop=None if layout is None else layout.to_json())
     except Exception as e:
         reason, tb = failure(e, "writing")
         outcome = FileResult(job.label, "failed", error=reason, traceback=tb)

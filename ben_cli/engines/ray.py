@@ -172,7 +172,9 @@ class RayRun(Results):
         if row["error"]:
             self.record(FileResult(job.label, "failed", error=row["error"], traceback=row["tb"] or None))
         else:
-            self.record(FileResult(job.label, "done", json.loads(row["outputs"])))
+            crop = row.get("crop") or ""
+            self.record(FileResult(job.label, "done", json.loads(row["outputs"]),
+                                   crop=json.loads(crop) if crop else None))
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -381,14 +383,17 @@ def _background(output: OutputOptions) -> Any:
 def _write_row(row: dict[str, Any], output: OutputOptions) -> dict[str, Any]:
     """Render, encode and write one job's outputs (CPU task); a failure becomes the row's reason."""
     from ben_cli.engines.steps import failure
-    from ben_cli.output import write_outputs
+    from ben_cli.output import output_layout, write_outputs
 
-    out = {"i": row["i"], "outputs": "", "error": row["error"], "tb": row["tb"], "meta": row["meta"]}
+    out = {"i": row["i"], "outputs": "", "crop": "", "error": row["error"], "tb": row["tb"], "meta": row["meta"]}
     if row["error"]:
         return out
     try:
         image, pred = pickle.loads(row["data"])
-        out["outputs"] = json.dumps(write_outputs(pickle.loads(row["job"]), image, pred, output, _background(output)))
+        layout = output_layout(image, pred, output)
+        out["outputs"] = json.dumps(write_outputs(pickle.loads(row["job"]), image, pred, output, _background(output),
+                                                  layout=layout))
+        out["crop"] = "" if layout is None else json.dumps(layout.to_json())
     except Exception as e:
         reason, tb = failure(e, "writing")
         out.update(error=reason, tb=tb or "")

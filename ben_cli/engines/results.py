@@ -17,7 +17,9 @@ STATUSES = ("done", "skipped", "failed")
 @dataclass
 class FileResult:
     """What happened to one input: ``status`` is done, skipped (outputs exist) or failed (``error`` says why);
-    ``redone`` says why outputs that existed were made again ("source changed")."""
+    ``redone`` says why outputs that existed were made again ("source changed"); ``crop``: with
+    ``--crop``, :meth:`ben_cli.crop.Layout.to_json` of its outputs (the crop box in the original's
+    coordinates, and the canvas)."""
 
     input: str
     status: str
@@ -26,6 +28,7 @@ class FileResult:
     traceback: str | None = field(default=None, repr=False)  # internal errors only; not in reports
     frames: int | None = None  # videos: frames written
     redone: str | None = None
+    crop: dict[str, Any] | None = None
 
 
 @dataclass
@@ -84,7 +87,7 @@ class RunSummary:
                "redone": self.redone, "other_settings": self.other_settings, "own_outputs": self.own_outputs,
                "error": self.error}
         files = [{k: v for k, v in asdict(r).items()
-                  if k != "traceback" and not (k in ("frames", "redone") and v is None)} for r in self.results]
+                  if k != "traceback" and not (k in ("frames", "redone", "crop") and v is None)} for r in self.results]
         return {"settings": self.settings, "run": run, "totals": totals, "files": files}
 
 

@@ -4,7 +4,8 @@
 imports it before a video is opened, and importing this package imports no torch
 (:func:`erase_video` and the smoothing stage load it on first use). Modules: :mod:`.decode` (sources, rotation,
 truncation), :mod:`.predict` (frames through the Eraser, ``--smooth``),
-:mod:`.encode` (codecs, atomic outputs, audio), :mod:`.process` (:func:`erase_video`).
+:mod:`.encode` (codecs, atomic outputs, audio), :mod:`.process` (:func:`erase_video`), :mod:`.crop`
+(``--crop``: one box per clip, from a first pass whose predictions the second replays).
 
 Output names (``--save`` kinds; :func:`video_suffixes` gives them to the planner):
 

@@ -21,19 +21,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ben_cli.crop import Layout
 from ben_cli.device import device_guard
 from ben_cli.io import KINDS, LoadedImage, Pin
 from ben_cli.options import OutputOptions, VideoOptions, default_workers
-from ben_cli.output import TRIMAP_KINDS, BatchFinisher, finishing_device, load_background, render
+from ben_cli.output import TRIMAP_KINDS, BatchFinisher, finishing_device, layout_for, load_background, render
 from ben_cli.pipeline import Eraser, Prediction
 from ben_cli.resize import resize_for_model
+from ben_cli.video.crop import PredictionSpill, ReplayPredictor, scan_clip
 from ben_cli.video.decode import DecodedFrame, VideoInfo, open_source
 from ben_cli.video.encode import FrameFolderSink, VideoSink, choose_codec
 from ben_cli.video.predict import FramePredictor
@@ -48,7 +50,8 @@ _POLL_S = 0.1
 class VideoResult:
     """What :func:`erase_video` did: ``frames`` written to every output, ``outputs`` (kind -> path),
     ``audio`` (what happened to the audio stream, None without one), ``notes`` (one line each),
-    ``seconds`` (opening to the last rename)."""
+    ``seconds`` (opening to the last rename), ``crop``: the clip's crop box and canvas with ``--crop``
+    (:meth:`ben_cli.crop.Layout.to_json`)."""
 
     source: str
     info: VideoInfo
@@ -57,6 +60,7 @@ class VideoResult:
     seconds: float
     audio: str | None = None
     notes: list[str] = field(default_factory=list)
+    crop: dict[str, Any] | None = None
 
     @property
     def frames_per_second(self) -> float:
@@ -87,8 +91,8 @@ class _Frame:
 
 
 def _render_all(kinds: tuple[str, ...], image: LoadedImage, pred: Prediction, output: OutputOptions,
-                background: torch.Tensor | None) -> dict[str, np.ndarray]:
-    return {kind: render(kind, image, pred, output, background) for kind in kinds}
+                background: torch.Tensor | None, layout: Layout | None) -> dict[str, np.ndarray]:
+    return {kind: render(kind, image, pred, output, background, layout) for kind in kinds}
 
 
 class _Stopped(Exception):
@@ -121,12 +125,16 @@ class _Run:
 
     def __init__(self, source: Any, sinks: list[Any], eraser: Eraser, *, output: OutputOptions, smooth: int,
                  batch_size: int, workers: int, background: torch.Tensor | None,
-                 on_frames: ProgressCallback | None) -> None:
+                 on_frames: ProgressCallback | None, replay: PredictionSpill | None = None,
+                 layout: Layout | None = None) -> None:
         self.source, self.sinks, self.eraser = source, sinks, eraser
         self.output, self.background, self.on_frames = output, background, on_frames
         self.batch_size = max(1, batch_size)
         self.kinds = tuple(s.kind for s in sinks)
-        self.predictor = FramePredictor(eraser, smooth=smooth, want_trimap=any(k in TRIMAP_KINDS for k in self.kinds))
+        self.layout = layout  # --crop: the clip's box, found by the first pass (ben_cli.video.crop)
+        self.predictor: FramePredictor | ReplayPredictor = (
+            FramePredictor(eraser, smooth=smooth, want_trimap=any(k in TRIMAP_KINDS for k in self.kinds))
+            if replay is None else ReplayPredictor(replay))
         depth = max(8, 2 * self.batch_size)
         self.stop = threading.Event()
         self.frames_in: queue.Queue = queue.Queue(maxsize=depth)
@@ -145,10 +153,11 @@ class _Run:
 
     def _decode(self) -> None:
         side = self.eraser.resolution
+        model = isinstance(self.predictor, FramePredictor)  # a replay needs no model-side image
         try:
             for item in self.source:
                 if isinstance(item, DecodedFrame):
-                    _put(self.frames_in, (item, resize_for_model(item.rgb, side)), self.stop)
+                    _put(self.frames_in, (item, resize_for_model(item.rgb, side) if model else None), self.stop)
                 else:
                     _put(self.frames_in, item, self.stop)
             _put(self.frames_in, _End(), self.stop)
@@ -199,7 +208,8 @@ class _Run:
             done = list(zip(frames, self.finisher.finish([f.image for f in frames], [p for _, p in done],
                                                          self.output)))
         for frame, pred in done:
-            future: Future = self.pool.submit(_render_all, self.kinds, frame.image, pred, self.output, self.background)
+            future: Future = self.pool.submit(_render_all, self.kinds, frame.image, pred, self.output, self.background,
+                                              self.layout)
             for q in self.sink_queues:
                 self._send(q, (frame.pts, future))
 
@@ -269,7 +279,9 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
         outputs: ``--save`` kind (cutout, alpha, trimap, overlay) -> target path: a video file,
             or with ``video.frames`` a folder for one image per frame (see :func:`video_suffixes`).
         eraser: the model, exactly as images use it (``Eraser.predict``).
-        output: how the cutout is finished (decontamination, threshold, background; as for images).
+        output: how the cutout is finished (decontamination, threshold, background; as for images);
+            with ``output.crop`` every output is cropped to one box for the whole clip, the union of its
+            frames' subject boxes (two passes over the file, the model run once: :mod:`ben_cli.video.crop`).
         video: format, frames, smoothing, quality (:class:`~ben_cli.options.VideoOptions`).
         batch_size: frames per model batch (default: the Eraser's).
         on_frames: progress, called in this thread after each batch: ``on_frames(done, total)``.
@@ -298,8 +310,12 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
     if background is None:
         background = load_background(output)
     label = label or str(source)
+    batch_size = batch_size or eraser.batch_size
+    spill, layout = (_first_pass(source, outputs, eraser, output, video, batch_size, label, on_frames) if output.crop
+                     else (None, None))
     src = open_source(Path(source), label=label)
     info: VideoInfo = src.info
+    size = info if layout is None else replace(info, width=layout.size[0], height=layout.size[1])
     sinks: list[Any] = []
     run: _Run | None = None
     try:
@@ -311,12 +327,14 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
             alpha = kind == "cutout" and not flattened
             audio = src.audio_stream if kind == "cutout" else None
             codec = choose_codec(fmt, alpha, video.crf, threads=default_workers())
-            sinks.append(VideoSink(kind, Path(target), fmt, codec, info, audio_stream=audio, source_name=name))
+            sinks.append(VideoSink(kind, Path(target), fmt, codec, size, audio_stream=audio, source_name=name))
         workers = workers or default_workers()
-        run = _Run(src, sinks, eraser, output=output, smooth=video.smooth, batch_size=batch_size or eraser.batch_size,
-                   workers=workers, background=background, on_frames=on_frames)
+        run = _Run(src, sinks, eraser, output=output, smooth=video.smooth, batch_size=batch_size,
+                   workers=workers, background=background, on_frames=on_frames, replay=spill, layout=layout)
         with device_guard(eraser.device):  # the replica's device current, as for images (engines.steps)
             run.run()
+        if spill is not None:
+            spill.check_replayed()
         frames = {s.frames for s in sinks}
         if frames != {run.predicted}:  # a worker stopped early without an error: never rename such a file
             raise RuntimeError(f"frames lost between the model and the outputs ({run.predicted} vs {sorted(frames)})")
@@ -329,9 +347,34 @@ def erase_video(source: str | Path, outputs: Mapping[str, str | Path], eraser: E
         raise
     finally:
         src.close()
+        if spill is not None:
+            spill.close()
     notes = [n for s in sinks for n in s.notes]
     audio_note = next((s.audio_note for s in sinks if s.audio_note), None)
     if info.audio is not None and audio_note is None:
         audio_note = ("not written: frame folders have none" if fmt is None
                       else "not written: only the cutout video carries it")
-    return VideoResult(label, info, run.predicted, written, time.perf_counter() - start, audio_note, notes)
+    return VideoResult(label, info, run.predicted, written, time.perf_counter() - start, audio_note, notes,
+                       crop=None if layout is None else layout.to_json())
+
+
+def _first_pass(source: str | Path, outputs: Mapping[str, str | Path], eraser: Eraser, output: OutputOptions,
+                video: VideoOptions, batch_size: int, label: str,
+                on_frames: ProgressCallback | None) -> tuple[PredictionSpill, Layout]:
+    """``--crop``: every frame through the model once, its prediction kept, and the clip's one layout
+    from the union of the frames' subject boxes (:mod:`ben_cli.video.crop`). ``on_frames`` counts the
+    frames through the model here, then the second pass counts them again."""
+    src = open_source(Path(source), label=label)
+    spill = PredictionSpill(label)
+    try:
+        total = src.info.frames
+        with device_guard(eraser.device):
+            box = scan_clip(src, eraser, output, spill, smooth=video.smooth, batch_size=max(1, batch_size),
+                            want_trimap=any(k in TRIMAP_KINDS for k in outputs), label=label,
+                            on_frames=None if on_frames is None else lambda done: on_frames(done, total))
+        return spill, layout_for(box, spill.size, output)
+    except BaseException:
+        spill.close()
+        raise
+    finally:
+        src.close()
