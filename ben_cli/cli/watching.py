@@ -1,0 +1,188 @@
+"""``ben erase IN OUT --watch``: the first run over IN, then the drop folder watched
+(:mod:`ben_cli.engines.watch`) until Ctrl-C or SIGTERM, with the model loaded once, a line per file on
+stderr, the ``--report`` rewritten after each batch and the summary on exit (130 / 143)."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ben_cli.cli import options as opt
+from ben_cli.cli.driver import base_settings, execute_with_progress, print_summary, write_report
+from ben_cli.errors import BenError, UsageError
+
+if TYPE_CHECKING:
+    from ben_cli.engines import RunSummary
+    from ben_cli.engines.watch import Stop, Tally
+    from ben_cli.options import InferenceOptions, OutputOptions, VideoOptions
+    from ben_cli.plan import Plan
+
+DEFAULT_SETTLE = 1.0
+"""Seconds a file's size and modification time must stay unchanged before it is read (``--settle``)."""
+
+
+def check_watch(inputs: list[str], output: str, *, watch: bool, settle: float | None, poll: bool,
+                ray_engine: bool) -> None:
+    """UsageError for what ``--watch`` cannot do (one local INPUT folder into an OUTPUT folder, local
+    engine), and for ``--settle`` or ``--poll`` without it."""
+    from ben_cli.io import is_url
+
+    if not watch:
+        if settle is not None or poll:
+            raise UsageError("--settle and --poll need --watch")
+        return
+    if ray_engine:
+        raise UsageError("--watch runs on the local engine: drop --engine ray")
+    if "-" in (output, *inputs):
+        raise UsageError("--watch reads an INPUT folder into an OUTPUT folder, not standard input or output")
+    if len(inputs) != 1:
+        raise UsageError(f"--watch watches one INPUT folder, {len(inputs)} inputs given "
+                         "(start one ben erase --watch per folder)")
+    if is_url(inputs[0]) or is_url(output):
+        raise UsageError("--watch watches a local folder into a local OUTPUT folder, not a URL "
+                         "(a network mount works with --poll)")
+    source = Path(inputs[0])
+    if not source.exists():
+        raise UsageError(f"input not found: {source}")
+    if not source.is_dir():
+        raise UsageError(f"--watch needs an INPUT folder to watch, not the file {source}")
+
+
+def watch_folder(plan: Plan, replan: Callable[[list[Path]], Plan], options: InferenceOptions, *, source: Path,
+                 exts: frozenset[str], settle: float, poll: bool, overwrite: bool, workers: int | None,
+                 report: Path | None, quiet: bool, output: OutputOptions, video: VideoOptions,
+                 title: str = "ben erase --watch") -> RunSummary:
+    """The first run of ``plan``, then the files arriving under ``source`` until a signal; the summary.
+
+    ``replan(paths)``: the plan of those files of ``source`` (named as a run over it names them).
+    The report is written after the first run and after every batch, and however the watch ends.
+    """
+    from ben_cli.engines import create_run
+    from ben_cli.engines.watch import Stop, Tally
+    from ben_cli.io.watch import Arrivals, Rules
+
+    console = opt.stderr_console(quiet)
+    settings = base_settings(options)
+    stop, tally = Stop(), Tally(settings)
+    loader = functools.cache(functools.partial(_load, options))
+
+    def make_run(p: Plan):
+        return create_run("local", p, options, output=output, overwrite=overwrite, workers=workers,
+                          settings=settings, video=video, loader=loader)
+
+    interrupted: str | None = None
+    error: str | None = None
+    previous = _install_handlers(stop)
+    try:
+        rules = Rules(source, plan.out_root, exts)
+        with Arrivals(rules, poll=poll, poll_interval=min(1.0, max(settle, 0.1))) as arrivals:
+            first = execute_with_progress(make_run(plan), console, quiet, lines=() if quiet else ("done",))
+            tally.add(first, own_outputs=plan.own_outputs)
+            if report is not None:
+                write_report(report, tally.summary())
+            interrupted = first.interrupted
+            if interrupted is None:
+                interrupted = _watch(arrivals, plan, replan, make_run, loader, tally, stop, settle=settle,
+                                     all_frames=video.all_frames, options=options, report=report, quiet=quiet,
+                                     console=console)
+    except BenError as e:
+        error = e.flag_message()
+        raise
+    except KeyboardInterrupt as e:  # outside a run: loading the model, planning
+        interrupted = getattr(e, "signal_name", "SIGINT")
+    finally:
+        stop.closing = True
+        if error is None and interrupted is None:
+            interrupted = "SIGINT"  # a watch ends by a signal (or an error)
+        summary = tally.summary(interrupted, error)
+        if report is not None:
+            write_report(report, summary)
+        _restore_handlers(previous)
+    if summary.other_settings:
+        n = summary.other_settings
+        opt.print_warning(f"{n} output{'s were' if n > 1 else ' was'} made with other settings; "
+                          "--overwrite to redo them")
+    if not quiet:
+        done, failed = summary.count("done"), summary.count("failed")
+        opt.print_error(f"watch stopped ({summary.interrupted}): {done} done, {failed} failed")
+        print_summary(console, summary, title)
+    return summary
+
+
+def _watch(arrivals, plan: Plan, replan: Callable[[list[Path]], Plan], make_run, loader, tally: Tally, stop: Stop, *,
+           settle: float, all_frames: bool, options: InferenceOptions, report: Path | None, quiet: bool,
+           console) -> str:
+    """After the first run: load the model (when the first run did not), then run the arrivals until a signal."""
+    from ben_cli.engines.watch import watch
+    from ben_cli.io.watch import Settling, complete
+
+    t0 = time.perf_counter()
+    erasers = loader()
+    if not tally.loaded:
+        tally.loaded_now(_settings(erasers), time.perf_counter() - t0)
+    settling = Settling(settle, complete=functools.partial(complete, all_frames=all_frames))
+    for job in plan.jobs:  # what the first run dealt with comes again only once it changes
+        settling.handled(Path(job.source), job.pin.stamp if job.pin is not None else None)
+    settling.add(arrivals.existing())  # what came while the first run ran
+    if not quiet:
+        how = "polling" if arrivals.poll else "events"
+        opt.print_error(f"watching {arrivals.rules.root} for new images ({how}, settle {settle:g} s; "
+                        "Ctrl-C or SIGTERM to stop)")
+
+    def run_batch(paths: list[Path]) -> str | None:
+        sub = replan(paths)
+        names = {str(p) for p in paths}
+        for note in sub.notes:
+            if note.split(": ", 1)[0] in names:
+                opt.print_warning(note)
+        planned = {str(job.source) for job in sub.jobs}
+        own = [p for p in paths if str(p) not in planned and p.is_file()]
+        for p in own:
+            if not quiet:
+                opt.print_error(f"{p}: skipped (ben's own output)")
+        if not sub.jobs:
+            tally.own_outputs += len(own)
+            return None
+        summary = execute_with_progress(make_run(sub), console, True, signals=False,
+                                        lines=() if quiet else ("done", "skipped"))
+        tally.add(summary, own_outputs=len(own))
+        if report is not None:
+            write_report(report, tally.summary(summary.interrupted))
+        return summary.interrupted
+
+    return watch(arrivals, settling, run_batch, batch_size=options.batch_size or erasers[0].batch_size, stop=stop)
+
+
+def _load(options: InferenceOptions) -> list:
+    from ben_cli.pipeline import load_erasers
+
+    return load_erasers(options)
+
+
+def _settings(erasers: list) -> dict:
+    """What the loaded model resolved the options to (as a run records them)."""
+    settings = dict(erasers[0].settings)
+    if len(erasers) > 1:
+        settings["device"] = ",".join(str(e.device) for e in erasers)
+    return settings
+
+
+def _install_handlers(stop: Stop) -> dict | None:
+    """Ctrl-C and SIGTERM call ``stop.request`` (from the main thread only: elsewhere the handlers stand)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame) -> None:
+        stop.request(signal.Signals(signum).name)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: dict | None) -> None:
+    for sig, handler in (previous or {}).items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
