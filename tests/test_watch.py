@@ -135,6 +135,19 @@ def test_arrivals_are_named_as_a_run_over_the_folder_names_them(tmp_path):
     assert whole[str(src / "a.png")]["cutout"] == out / "a.png.png"  # the clash rule among the folder's files
 
 
+def test_the_first_run_leaves_files_still_being_written_to_the_watch(tmp_path):
+    from ben_cli.cli.watching import settled_now
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("old.png", "copying.png"):
+        (src / name).write_bytes(_png())
+    os.utime(src / "old.png", (time.time() - 60, time.time() - 60))
+    plan = plan_run([src], tmp_path / "out", ("cutout",))
+    assert [Path(job.label).name for job in settled_now(plan, 5.0).jobs] == ["old.png"]
+    assert len(settled_now(plan, 0.0).jobs) == 2
+
+
 def test_stop_waits_for_the_batch_in_flight():
     stop = Stop()
     with pytest.raises(KeyboardInterrupt):
@@ -297,7 +310,7 @@ def test_fifty_files_dropped_at_once_are_all_processed_in_batches(watcher, tmp_p
 
 
 def test_a_broken_file_is_named_once_and_the_watch_goes_on(watcher):
-    w = watcher()
+    w = watcher("--poll")  # by polling, as on a network mount
     w.wait_line("watching")
     (w.src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     w.wait_line("broken.png: ")

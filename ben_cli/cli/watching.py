@@ -75,6 +75,7 @@ def watch_folder(plan: Plan, replan: Callable[[list[Path]], Plan], options: Infe
         return create_run("local", p, options, output=output, overwrite=overwrite, workers=workers,
                           settings=settings, video=video, loader=loader)
 
+    plan = settled_now(plan, settle)  # a file still being written waits for the watch's settle rule
     interrupted: str | None = None
     error: str | None = None
     previous = _install_handlers(stop)
@@ -156,6 +157,20 @@ def _watch(arrivals, plan: Plan, replan: Callable[[list[Path]], Plan], make_run,
         return summary.interrupted
 
     return watch(arrivals, settling, run_batch, batch_size=options.batch_size or erasers[0].batch_size, stop=stop)
+
+
+def settled_now(plan: Plan, settle: float, now_ns: int | None = None) -> Plan:
+    """``plan`` without the files modified less than ``settle`` seconds ago (or in the future): they may be
+    still being written, so the watch takes them once they have settled."""
+    from dataclasses import replace
+
+    now_ns = time.time_ns() if now_ns is None else now_ns
+
+    def young(job) -> bool:
+        mtime = None if job.pin is None else job.pin.mtime_ns
+        return mtime is not None and now_ns - mtime < settle * 1e9
+
+    return replace(plan, jobs=[job for job in plan.jobs if not young(job)])
 
 
 def _load(options: InferenceOptions) -> list:
