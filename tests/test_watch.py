@@ -326,9 +326,14 @@ def test_a_broken_file_is_named_once_and_the_watch_goes_on(watcher):
 def test_first_the_run_over_what_is_there_then_new_folders_and_replaced_files(watcher, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "old.png").write_bytes(_png(3))
+    Image.open(io.BytesIO(_png(8))).save(tmp_path / "in" / "pair.jpg")
     w = watcher()
     w.wait_line("old.png -> ")
     w.wait_line("watching")
+    (w.src / "pair.png").write_bytes(_png(9))  # named as a cron run names it: pair.jpg keeps pair.png
+    w.wait_line("pair.png -> ")
+    assert f"{w.src / 'pair.png'} -> {w.out / 'pair.png.png'}" in w.err
+    assert "name clash" in w.err
     (w.src / "new" / "deeper").mkdir(parents=True)
     (w.src / "new" / "deeper" / "x.png").write_bytes(_png(4))
     (w.src / ".hidden.png").write_bytes(_png(5))
@@ -343,5 +348,25 @@ def test_first_the_run_over_what_is_there_then_new_folders_and_replaced_files(wa
     assert (w.out / "old.png").read_bytes() != before
     assert "(source changed)" in w.err
     assert sorted(p.relative_to(w.out).as_posix() for p in w.out.rglob("*") if p.is_file()) == [
-        "new/deeper/x.png", "old.png"]
+        "new/deeper/x.png", "old.png", "pair.png", "pair.png.png"]
     assert report["run"]["interrupted"] == "SIGINT" and report["run"]["redone"] == 1
+
+
+def test_sigterm_stops_after_the_batch_in_flight(watcher, tmp_path):
+    w = watcher("--batch-size", "3")
+    w.wait_line("watching")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for i in range(6):
+        (staging / f"b{i}.png").write_bytes(_png(10 + i, 32, 40))
+    for i in range(6):
+        os.replace(staging / f"b{i}.png", w.src / f"b{i}.png")
+    w.wait_line(" -> ")
+    report = w.stop()
+    done = [f["input"] for f in report["files"] if f["status"] == "done"]
+    assert len(done) in (3, 6), w.err  # whole batches only
+    written = sorted(p.name for p in w.out.iterdir())
+    assert written == sorted(Path(name).name for name in done)  # no temporary file left
+    for name in written:
+        with Image.open(w.out / name) as im:
+            im.load()
