@@ -18,7 +18,8 @@ from ben_cli.errors import BenError, UsageError
 
 if TYPE_CHECKING:
     from ben_cli.engines import RunSummary
-    from ben_cli.engines.watch import Stop, Tally
+    from ben_cli.engines.watch import Stop
+    from ben_cli.io.watch import Arrivals
     from ben_cli.options import InferenceOptions, OutputOptions, VideoOptions
     from ben_cli.plan import Plan
 
@@ -62,47 +63,31 @@ def watch_folder(plan: Plan, replan: Callable[[list[Path]], Plan], options: Infe
     ``replan(paths)``: the plan of those files of ``source`` (named as a run over it names them).
     The report is written after the first run and after every batch, and however the watch ends.
     """
-    from ben_cli.engines import create_run
-    from ben_cli.engines.watch import Stop, Tally
     from ben_cli.io.watch import Arrivals, Rules
 
-    console = opt.stderr_console(quiet)
-    settings = base_settings(options)
-    stop, tally = Stop(), Tally(settings)
-    loader = functools.cache(functools.partial(_load, options))
-
-    def make_run(p: Plan):
-        return create_run("local", p, options, output=output, overwrite=overwrite, workers=workers,
-                          settings=settings, video=video, loader=loader)
-
+    session = _Session(options, replan, report=report, quiet=quiet,
+                       run_options={"output": output, "overwrite": overwrite, "workers": workers, "video": video})
     plan = settled_now(plan, settle)  # a file still being written waits for the watch's settle rule
     interrupted: str | None = None
     error: str | None = None
-    previous = _install_handlers(stop)
+    previous = _install_handlers(session.stop)
     try:
-        rules = Rules(source, plan.out_root, exts)
-        with Arrivals(rules, poll=poll, poll_interval=min(1.0, max(settle, 0.1))) as arrivals:
-            first = execute_with_progress(make_run(plan), console, quiet, lines=() if quiet else ("done",))
-            tally.add(first, own_outputs=plan.own_outputs)
-            if report is not None:
-                write_report(report, tally.summary())
-            interrupted = first.interrupted
+        with Arrivals(Rules(source, plan.out_root, exts), poll=poll, poll_interval=min(1.0, max(settle, 0.1))) as found:
+            interrupted = session.first_run(plan)
             if interrupted is None:
-                interrupted = _watch(arrivals, plan, replan, make_run, loader, tally, stop, settle=settle,
-                                     all_frames=video.all_frames, options=options, report=report, quiet=quiet,
-                                     console=console)
+                interrupted = session.watch(found, plan, settle=settle, all_frames=video.all_frames)
     except BenError as e:
         error = e.flag_message()
         raise
     except KeyboardInterrupt as e:  # outside a run: loading the model, planning
         interrupted = getattr(e, "signal_name", "SIGINT")
+    except Exception as e:
+        error = f"internal error: {type(e).__name__}: {e}"
+        raise
     finally:
-        stop.closing = True
-        if error is None and interrupted is None:
-            interrupted = "SIGINT"  # a watch ends by a signal (or an error)
-        summary = tally.summary(interrupted, error)
-        if report is not None:
-            write_report(report, summary)
+        session.stop.closing = True
+        summary = session.tally.summary(interrupted, error)
+        session.write_report(summary)
         _restore_handlers(previous)
     if summary.other_settings:
         n = summary.other_settings
@@ -111,52 +96,80 @@ def watch_folder(plan: Plan, replan: Callable[[list[Path]], Plan], options: Infe
     if not quiet:
         done, failed = summary.count("done"), summary.count("failed")
         opt.print_error(f"watch stopped ({summary.interrupted}): {done} done, {failed} failed")
-        print_summary(console, summary, title)
+        print_summary(session.console, summary, title)
     return summary
 
 
-def _watch(arrivals, plan: Plan, replan: Callable[[list[Path]], Plan], make_run, loader, tally: Tally, stop: Stop, *,
-           settle: float, all_frames: bool, options: InferenceOptions, report: Path | None, quiet: bool,
-           console) -> str:
-    """After the first run: load the model (when the first run did not), then run the arrivals until a signal."""
-    from ben_cli.engines.watch import watch
-    from ben_cli.io.watch import Settling, complete
+class _Session:
+    """One watch: the model loaded once (``loader``), the results of every run (``tally``), the signals' ``stop``."""
 
-    t0 = time.perf_counter()
-    erasers = loader()
-    if not tally.loaded:
-        tally.loaded_now(_settings(erasers), time.perf_counter() - t0)
-    settling = Settling(settle, complete=functools.partial(complete, all_frames=all_frames))
-    for job in plan.jobs:  # what the first run dealt with comes again only once it changes
-        settling.handled(Path(job.source), job.pin.stamp if job.pin is not None else None)
-    settling.add(arrivals.existing())  # what came while the first run ran
-    if not quiet:
-        how = "polling" if arrivals.poll else "events"
-        opt.print_error(f"watching {arrivals.rules.root} for new images ({how}, settle {settle:g} s; "
-                        "Ctrl-C or SIGTERM to stop)")
+    def __init__(self, options: InferenceOptions, replan: Callable[[list[Path]], Plan], *, report: Path | None,
+                 quiet: bool, run_options: dict) -> None:
+        from ben_cli.engines.watch import Stop, Tally
 
-    def run_batch(paths: list[Path]) -> str | None:
-        sub = replan(paths)
+        self.options, self.replan, self.report, self.quiet = options, replan, report, quiet
+        self.run_options = run_options
+        self.settings = base_settings(options)
+        self.console = opt.stderr_console(quiet)
+        self.stop, self.tally = Stop(), Tally(self.settings)
+        self.loader = functools.cache(functools.partial(_load, options))
+
+    def write_report(self, summary: RunSummary) -> None:
+        if self.report is not None:
+            write_report(self.report, summary)
+
+    def run(self, plan: Plan, *, lines: tuple[str, ...], bar: bool, own_outputs: int) -> RunSummary:
+        """One run of ``plan`` on the local engine with the loaded model; its results added to the tally."""
+        from ben_cli.engines import create_run
+
+        run = create_run("local", plan, self.options, settings=self.settings, loader=self.loader, **self.run_options)
+        summary = execute_with_progress(run, self.console, self.quiet or not bar, lines=() if self.quiet else lines,
+                                        signals=bar)
+        self.tally.add(summary, own_outputs=own_outputs)
+        self.write_report(self.tally.summary(summary.interrupted))
+        return summary
+
+    def first_run(self, plan: Plan) -> str | None:
+        """The run over what is there (with the progress bar; stopped at once by a signal); the signal or None."""
+        return self.run(plan, lines=("done",), bar=True, own_outputs=plan.own_outputs).interrupted
+
+    def watch(self, found: Arrivals, plan: Plan, *, settle: float, all_frames: bool) -> str:
+        """After the first run: load the model (when the first run did not), then run the arrivals until a
+        signal, whose name is returned."""
+        from ben_cli.engines.watch import watch
+        from ben_cli.io.watch import Settling, complete
+
+        t0 = time.perf_counter()
+        erasers = self.loader()
+        if not self.tally.loaded:
+            self.tally.loaded_now(_settings(erasers), time.perf_counter() - t0)
+        settling = Settling(settle, complete=functools.partial(complete, all_frames=all_frames))
+        for job in plan.jobs:  # what the first run dealt with comes again only once it changes
+            settling.handled(Path(job.source), job.pin.stamp if job.pin is not None else None)
+        settling.add(found.existing())  # what came while the first run ran
+        if not self.quiet:
+            how = "polling" if found.poll else "events"
+            opt.print_error(f"watching {found.rules.root} for new images ({how}, settle {settle:g} s; "
+                            "Ctrl-C or SIGTERM to stop)")
+        return watch(found, settling, self.batch, batch_size=self.options.batch_size or erasers[0].batch_size,
+                     stop=self.stop)
+
+    def batch(self, paths: list[Path]) -> str | None:
+        """Plan and run one batch of arrivals (a signal meanwhile waits for its end: :class:`Stop`)."""
+        sub = self.replan(paths)
         names = {str(p) for p in paths}
         for note in sub.notes:
-            if note.split(": ", 1)[0] in names:
+            if note.split(": ", 1)[0] in names:  # the clash notes of these files (not the folder's others)
                 opt.print_warning(note)
         planned = {str(job.source) for job in sub.jobs}
-        own = [p for p in paths if str(p) not in planned and p.is_file()]
-        for p in own:
-            if not quiet:
+        own = [p for p in paths if str(p) not in planned and p.is_file()]  # the planner left them out
+        if not self.quiet:
+            for p in own:
                 opt.print_error(f"{p}: skipped (ben's own output)")
         if not sub.jobs:
-            tally.own_outputs += len(own)
+            self.tally.own_outputs += len(own)
             return None
-        summary = execute_with_progress(make_run(sub), console, True, signals=False,
-                                        lines=() if quiet else ("done", "skipped"))
-        tally.add(summary, own_outputs=len(own))
-        if report is not None:
-            write_report(report, tally.summary(summary.interrupted))
-        return summary.interrupted
-
-    return watch(arrivals, settling, run_batch, batch_size=options.batch_size or erasers[0].batch_size, stop=stop)
+        return self.run(sub, lines=("done", "skipped"), bar=False, own_outputs=len(own)).interrupted
 
 
 def settled_now(plan: Plan, settle: float, now_ns: int | None = None) -> Plan:
