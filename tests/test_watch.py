@@ -20,8 +20,7 @@ from PIL import Image
 
 from ben_cli.cli.app import main
 from ben_cli.engines.watch import Stop, Tally
-from ben_cli.io import IMAGE_EXTS
-from ben_cli.io.watch import Rules, Settling, complete
+from ben_cli.io import IMAGE_EXTS, Rules, Settling, complete
 from ben_cli.plan import plan_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from ben_cli.errors import BenError, UsageError
 if TYPE_CHECKING:
     from ben_cli.engines import RunSummary
     from ben_cli.engines.watch import Stop
-    from ben_cli.io.watch import Arrivals
+    from ben_cli.io import Arrivals
     from ben_cli.options import InferenceOptions, OutputOptions, VideoOptions
     from ben_cli.plan import Plan
 
@@ -63,7 +63,7 @@ def watch_folder(plan: Plan, replan: Callable[[list[Path]], Plan], options: Infe
     ``replan(paths)``: the plan of those files of ``source`` (named as a run over it names them).
     The report is written after the first run and after every batch, and however the watch ends.
     """
-    from ben_cli.io.watch import Arrivals, Rules
+    from ben_cli.io import Arrivals, Rules
 
     session = _Session(options, replan, report=report, quiet=quiet,
                        run_options={"output": output, "overwrite": overwrite, "workers": workers, "video": video})
@@ -137,7 +137,7 @@ class _Session:
         """After the first run: load the model (when the first run did not), then run the arrivals until a
         signal, whose name is returned."""
         from ben_cli.engines.watch import watch
-        from ben_cli.io.watch import Settling, complete
+        from ben_cli.io import Settling, complete
 
         t0 = time.perf_counter()
         erasers = self.loader()
