@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class Arrivals:
         self.poll = poll
         self.poll_interval = poll_interval
         self._events: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
+        self._came = threading.Event()  # set by each event, cleared by take()
         self._observer = None
 
     def __enter__(self) -> Arrivals:
@@ -120,7 +122,7 @@ class Arrivals:
             from watchdog.observers import Observer
 
             observer = Observer()
-        events = self._events
+        events, came = self._events, self._came
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event) -> None:
@@ -128,6 +130,7 @@ class Arrivals:
                     return  # a deleted input leaves its outputs
                 path = getattr(event, "dest_path", "") or event.src_path
                 events.put((os.fsdecode(path), bool(event.is_directory)))
+                came.set()
 
         try:
             observer.schedule(Handler(), str(self.rules.root), recursive=True)
@@ -148,11 +151,7 @@ class Arrivals:
 
     def wait(self, timeout: float) -> None:
         """Until an event is queued, or ``timeout`` seconds."""
-        try:
-            item = self._events.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return
-        self._events.put(item)
+        self._came.wait(max(timeout, 0.0))
 
     def existing(self) -> list[Path]:
         """Every input file under the folder now (what a run over it would find)."""
@@ -167,6 +166,7 @@ class Arrivals:
         from ben_cli.io.find import find_images
 
         found: dict[Path, None] = {}
+        self._came.clear()
         while True:
             try:
                 path, is_dir = self._events.get_nowait()
