@@ -20,7 +20,7 @@ from PIL import Image
 
 from ben_cli.cli.app import main
 from ben_cli.engines.watch import Stop, Tally
-from ben_cli.io import IMAGE_EXTS, Rules, Settling, complete
+from ben_cli.io import IMAGE_EXTS, Arrivals, Rules, Settling, complete
 from ben_cli.plan import plan_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +118,30 @@ def test_the_ignore_rules(tmp_path):
     assert rules.file(tmp_path / "elsewhere.png") is None
     assert rules.folder(root / "cutouts") is None and rules.folder(root / ".cache") is None
     assert rules.file(Path(os.path.realpath(root)) / "c.jpg") == root / "c.jpg"  # an event naming it resolved
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["events", "polling"])
+def test_arrivals_name_new_files_and_the_files_of_a_folder_moved_in(tmp_path, poll):
+    src, outside = tmp_path / "in", tmp_path / "outside" / "album"
+    src.mkdir()
+    outside.mkdir(parents=True)
+    (outside / "p.png").write_bytes(_png())
+    want = {src / "a.png", src / "album" / "p.png"}
+    seen: set[Path] = set()
+    with Arrivals(Rules(src, src / "out", IMAGE_EXTS), poll=poll, poll_interval=0.1) as found:
+        (src / "a.png").write_bytes(_png())
+        (src / ".a.png.ben-0123abcd.tmp").write_bytes(_png())
+        (src / "b.png.part").write_bytes(_png())
+        (src / "out").mkdir()
+        (src / "out" / "a.png").write_bytes(_png())
+        os.replace(outside, src / "album")
+        deadline = time.monotonic() + 10
+        while not want <= seen and time.monotonic() < deadline:
+            found.wait(0.2)
+            seen.update(found.take())
+        time.sleep(0.3)
+        seen.update(found.take())
+    assert seen == want
 
 
 def test_arrivals_are_named_as_a_run_over_the_folder_names_them(tmp_path):
