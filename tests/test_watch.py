@@ -194,6 +194,7 @@ def test_the_tally_keeps_the_latest_result_of_each_input():
     summary = tally.summary("SIGTERM")
     assert [(r.input, r.status) for r in summary.results] == [("a", "done"), ("b", "done")]
     assert summary.total == 2 and summary.redone == 1 and summary.interrupted == "SIGTERM"
+    assert summary.seconds == 2.0  # the time spent in runs, not the waits between them
 
 
 # --------------------------------------------------------------------------- usage errors (in process)

@@ -58,7 +58,7 @@ class Tally:
         self.other_settings = 0
         self.own_outputs = 0
         self.loaded = False
-        self._started = time.perf_counter()
+        self.seconds = 0.0  # spent in runs, loading not counted (the waits between them neither)
 
     def add(self, summary: RunSummary, *, own_outputs: int = 0) -> None:
         """The results of one run (the first, or a batch's)."""
@@ -67,6 +67,7 @@ class Tally:
             self.results[r.input] = r
         self.left = summary.total - len(summary.results)
         self.load_seconds += summary.load_seconds
+        self.seconds += summary.seconds
         self.other_settings += summary.other_settings
         self.own_outputs += own_outputs
         if summary.loaded:
@@ -80,10 +81,9 @@ class Tally:
         self.loaded = True
 
     def summary(self, interrupted: str | None = None, error: str | None = None) -> RunSummary:
-        """Everything so far; ``seconds`` counts the whole watch but the loading."""
+        """Everything so far; ``seconds`` is the time spent processing (so images/s is the rate while busy)."""
         results = list(self.results.values())
-        seconds = max(time.perf_counter() - self._started - self.load_seconds, 0.0)
-        return RunSummary(results, len(results) + self.left, seconds, self.load_seconds, dict(self.settings),
+        return RunSummary(results, len(results) + self.left, self.seconds, self.load_seconds, dict(self.settings),
                           interrupted, self.other_settings, self.own_outputs, error, self.loaded)
 
 
