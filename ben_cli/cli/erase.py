@@ -196,9 +196,10 @@ def erase(
             from ben_cli.video import check_video_support
 
             check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
-    if watch:
+    if watch:  # ends by Ctrl-C or SIGTERM: exit 130 or 143
         exit_for(_watch(inputs[0], output, kinds, plan, videos, options, finish, video, settle=settle, poll=poll,
                         overwrite=overwrite, workers=workers, report=report, quiet=quiet))
+        return
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
                        no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
                        engine=engine.value, ray=replace(ray, verbose=verbose) if engine is EngineName.ray else ray,
