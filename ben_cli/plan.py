@@ -134,7 +134,8 @@ def check_output_folder(folder: Path) -> None:
 
 def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Sequence[str], *,
              read_stdin: Callable[[], bytes] = read_stdin_bytes, suffixes: Mapping[str, str] | None = None,
-             video: VideoPlan | None = None, settings: str | None = None) -> Plan:
+             video: VideoPlan | None = None, settings: str | None = None, only: Collection[Path] | None = None
+             ) -> Plan:
     """Plan a run over ``inputs`` (files, folders, or ``["-"]``) into ``output``.
 
     ``output``: a folder (mirrors a single folder input; several inputs are gathered,
@@ -151,7 +152,9 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
     size and modification time) and the record of its earlier output
     (:attr:`Job.previous`), so engines redo a changed source. Files that carry ben's
     record are ben's outputs: never inputs (counted in :attr:`Plan.own_outputs`), unless
-    a lone file is given.
+    a lone file is given. ``only``: plan just these files found in the input folders (a watched
+    folder's arrivals), each named among every file of its folder, so with the names a plan of
+    the whole inputs gives them.
     Raises :class:`UsageError` for a combination that cannot run.
     """
     kinds = check_kinds(kinds)
@@ -192,7 +195,8 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
                 raise UsageError("OUTPUT must not be the INPUT folder (outputs would be read back as inputs)")
     else:
         out_root = None
-    entries, pins, notes, own = _gather(paths, out_root, IMAGE_EXTS if video is None else IMAGE_EXTS | video.exts)
+    entries, pins, notes, own = _gather(paths, out_root, IMAGE_EXTS if video is None else IMAGE_EXTS | video.exts,
+                                        None if only is None else {Path(p).parent for p in only})
     groups = [(entries, suffixes, False)]
     if video is not None:
         videos = [e for e in entries if video.is_video(e[0])]
@@ -211,7 +215,9 @@ def plan_run(inputs: Sequence[str | Path], output: str | Path | None, kinds: Seq
                          f"instead of {src.stem}{group_suffixes[kinds[0]]}")
         named_jobs.update((p, Job(str(p), p, dict(outs), video=of_videos, pin=pins[p].with_settings(settings),
                                   previous=named.previous.get(p))) for p, outs in named.paths.items())
-    jobs = [named_jobs[p] for p in dict.fromkeys(p for p, _ in entries) if p in named_jobs]
+    chosen = None if only is None else {Path(p) for p in only}
+    jobs = [named_jobs[p] for p in dict.fromkeys(p for p, _ in entries)
+            if p in named_jobs and (chosen is None or p in chosen)]
     return Plan(jobs, out_root, notes, own_outputs=own)
 
 
@@ -245,11 +251,12 @@ def _same_dir(a: Path, b: Path) -> bool:
         return False
 
 
-def _gather(paths: Sequence[Path], out_root: Path | None, exts: Collection[str] = IMAGE_EXTS
-            ) -> tuple[list[tuple[Path, Path]], dict[Path, Pin], list[str], int]:
+def _gather(paths: Sequence[Path], out_root: Path | None, exts: Collection[str] = IMAGE_EXTS,
+            folders: Collection[Path] | None = None) -> tuple[list[tuple[Path, Path]], dict[Path, Pin], list[str], int]:
     """(input file, its output folder) for every image, each input's record (its root: the folder
     given, or a file's own folder), a notes line for each folder without images, and how many
-    files were left out as ben's own outputs (a lone file given is always read)."""
+    files were left out as ben's own outputs (a lone file given is always read). ``folders``: only
+    the images found directly in these folders of the folder inputs."""
     entries: list[tuple[Path, Path]] = []
     pins: dict[Path, Pin] = {}
     notes: list[str] = []
@@ -266,6 +273,8 @@ def _gather(paths: Sequence[Path], out_root: Path | None, exts: Collection[str] 
         images = find_images(p, exclude=out_root, exts=exts)
         if not images:
             notes.append(f"{p}: no images found (nothing to do there)")
+        if folders is not None:
+            images = [img for img in images if img.parent in folders]
         theirs = [img for img in images if not is_own_output(img)]
         own += len(images) - len(theirs)
         top = p if out_root is None else _folder_output(p, out_root, len(paths))

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,11 +56,11 @@ def report_fatal(report: Path | None) -> Iterator[None]:
         if report is not None:
             from ben_cli.engines.results import RunSummary
 
-            _write_report(report, RunSummary([], 0, 0.0, error=e.flag_message()), quiet=True)
+            write_report(report, RunSummary([], 0, 0.0, error=e.flag_message()), quiet=True)
         raise
 
 
-def _write_report(report: Path, summary: RunSummary, *, quiet: bool = False) -> None:
+def write_report(report: Path, summary: RunSummary, *, quiet: bool = False) -> None:
     """The report file; one that cannot be written is said (unless ``quiet``: the run's error was the
     report path itself), and the run's own outcome stands."""
     import json
@@ -71,7 +71,7 @@ def _write_report(report: Path, summary: RunSummary, *, quiet: bool = False) -> 
         atomic_write_bytes(report, json.dumps(summary.to_json(), indent=2).encode())
     except OSError as e:
         if not quiet:
-                opt.print_warning(f"cannot write the report {report} ({e.strerror or e})")
+            opt.print_warning(f"cannot write the report {report} ({e.strerror or e})")
 
 
 def refuse_terminal_stdout() -> None:
@@ -162,18 +162,18 @@ def run_plan(plan: Plan, options: InferenceOptions, *, overwrite: bool, workers:
         if report is not None:
             from ben_cli.engines.results import RunSummary
 
-            _write_report(report, RunSummary([], len(plan.jobs), 0.0, settings=base_settings(options),
+            write_report(report, RunSummary([], len(plan.jobs), 0.0, settings=base_settings(options),
                                              error=e.flag_message()))
         raise
     try:
-        summary = _execute_with_progress(run, console, quiet or no_bar)
+        summary = execute_with_progress(run, console, quiet or no_bar)
     except BenError as e:
         error = e.flag_message()
         raise
     finally:
         summary = replace(run.summary(), own_outputs=plan.own_outputs, error=error)
         if report is not None:
-            _write_report(report, summary)
+            write_report(report, summary)
     if os.environ.get("BEN_DEBUG"):
         for r in summary.results:
             if r.traceback:
@@ -209,7 +209,11 @@ def exit_for(summary: RunSummary) -> None:
         raise typer.Exit(1)
 
 
-def _execute_with_progress(run, console, no_bar: bool) -> RunSummary:
+def execute_with_progress(run, console, no_bar: bool, *, lines: Collection[str] = (),
+                          signals: bool = True) -> RunSummary:
+    """Execute ``run`` with the progress bar (on a terminal, unless ``no_bar``); a failed file is said in
+    one line, and so is a result of the ``lines`` statuses ("done", "skipped") when no bar shows.
+    ``signals``: SIGTERM stops the run like Ctrl-C (else the caller's handlers stand)."""
     import threading
     import time
 
@@ -232,6 +236,8 @@ def _execute_with_progress(run, console, no_bar: bool) -> RunSummary:
     def on_result(r) -> None:
         if r.status == "failed":
             say(f"{r.input}: {r.error}")
+        elif r.status in lines and not show_bar:
+            say(result_line(r))
         if r.status == "done":
             clock["done"] += 1
         rate = clock["done"] / max(time.perf_counter() - clock["t0"], 1e-9)
@@ -252,7 +258,7 @@ def _execute_with_progress(run, console, no_bar: bool) -> RunSummary:
     run.on_result, run.on_event = on_result, on_event
     # A kill stops like Ctrl-C: only complete files remain. Handlers can only be set from the
     # main thread; run elsewhere (main() called from a thread), SIGTERM keeps its handler.
-    in_main = threading.current_thread() is threading.main_thread()
+    in_main = signals and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         with progress:
@@ -260,6 +266,14 @@ def _execute_with_progress(run, console, no_bar: bool) -> RunSummary:
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def result_line(r) -> str:
+    """A file done or skipped, in one line: ``in/a.jpg -> out/a.png``."""
+    if r.status == "skipped":
+        return f"{r.input}: skipped (outputs exist)"
+    where = f" -> {r.outputs[0]}" if r.outputs else ""
+    return f"{r.input}{where}{' (source changed)' if r.redone else ''}"
 
 
 def _terminate(signum, frame) -> None:

@@ -16,15 +16,19 @@ from ben_cli.cli.driver import (
     check_runnable,
     exit_for,
     make_plan,
+    output_settings,
     refuse_terminal_stdout,
     report_fatal,
     run_plan,
 )
+from ben_cli.cli.watching import DEFAULT_SETTLE, check_watch, watch_folder
 from ben_cli.errors import UsageError
 from ben_cli.options import ImageFormat, OutputOptions, VideoOptions
 
 if TYPE_CHECKING:
-    from ben_cli.plan import VideoPlan
+    from ben_cli.engines import RunSummary
+    from ben_cli.options import InferenceOptions
+    from ben_cli.plan import Plan, VideoPlan
 
 SAVE_HELP = ("What to write: cutout (RGBA <stem>.png), alpha (<stem>.alpha.png), trimap (<stem>.trimap.png), "
              "overlay (<stem>.overlay.png, the trimap over the image). Repeat or comma-separate. \\[default: cutout]")
@@ -125,6 +129,18 @@ GpusPerWorker = Annotated[float | None, typer.Option("--gpus-per-worker", min=0,
                                                      show_default=False,
                                                      help="GPUs of each ray model actor (default: 1 when the "
                                                      "cluster has GPUs, else 0: the model on the CPU).")]
+_WATCH = "Watch"
+Watch = Annotated[bool, typer.Option("--watch", metavar="", rich_help_panel=_WATCH,
+                                     help="After the run, keep watching the INPUT folder (recursively) and process "
+                                     "each image that arrives or changes once it is complete, until Ctrl-C or "
+                                     "SIGTERM. One INPUT folder and an OUTPUT folder.")]
+Settle = Annotated[float | None, typer.Option("--settle", min=0, metavar="S", rich_help_panel=_WATCH,
+                                              show_default=False,
+                                              help="--watch: seconds a new file's size and time must stay "
+                                              "unchanged before it is read (it must also decode). \\[default: 1]")]
+Poll = Annotated[bool, typer.Option("--poll", metavar="", rich_help_panel=_WATCH,
+                                    help="--watch: look for changes by polling (network mounts, where file "
+                                    "system events do not arrive).")]
 
 
 def erase(
@@ -163,6 +179,9 @@ def erase(
     frames: Frames = False,
     smooth: Smooth = 0,
     crf: Crf = None,
+    watch: Watch = False,
+    settle: Settle = None,
+    poll: Poll = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
 ) -> None:
@@ -193,21 +212,44 @@ def erase(
             raise UsageError("--engine ray reads and writes files, folders and URLs, not standard input or output")
         if engine is EngineName.local and ray != RayOptions():
             raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
+        check_watch(inputs, output, watch=watch, settle=settle, poll=poll, ray_engine=engine is EngineName.ray)
         if output == STDIO:
             refuse_terminal_stdout()
         # exit 2 even when every output already exists; a cluster's devices are the workers', not this machine's
         check_runnable(options, device=engine is EngineName.local or not (ray_address or os.environ.get("RAY_ADDRESS")))
-        plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix},
-                         video=video_plan(video, finish), options=options)
+        videos = video_plan(video, finish)
+        plan = make_plan(inputs, output, kinds, suffixes={"cutout": finish.cutout_suffix}, video=videos,
+                         options=options)
         if plan.jobs and all(job.video for job in plan.jobs):
             from ben_cli.video import check_video_support
 
             check_video_support()  # only videos: exit 2 naming the extra, before the model loads; else each fails alone
+    if watch:  # ends by Ctrl-C or SIGTERM: exit 130 or 143
+        exit_for(_watch(inputs[0], output, kinds, plan, videos, options, finish, video, settle=settle, poll=poll,
+                        overwrite=overwrite, workers=workers, report=report, quiet=quiet))
+        return
     summary = run_plan(plan, options, overwrite=overwrite, workers=workers, report=report, quiet=quiet,
                        no_bar=output == STDIO or engine is EngineName.ray, title="ben erase", output=finish,
                        engine=engine.value, ray=replace(ray, verbose=verbose) if engine is EngineName.ray else ray,
                        video=video, one_line=output == STDIO and not verbose)
     exit_for(summary)
+
+
+def _watch(source: str, output: str, kinds: tuple[str, ...], plan: Plan, videos: VideoPlan | None,
+           options: InferenceOptions, finish: OutputOptions, video: VideoOptions, *, settle: float | None,
+           **how) -> RunSummary:
+    """``--watch``: the first run of ``plan``, then the arrivals, each planned as a run over ``source`` plans it."""
+    from functools import partial
+
+    from ben_cli.io import IMAGE_EXTS
+    from ben_cli.plan import plan_run
+
+    replan = partial(plan_run, [source], output, kinds, suffixes={"cutout": finish.cutout_suffix}, video=videos,
+                     settings=output_settings(options))
+    exts = IMAGE_EXTS if videos is None else IMAGE_EXTS | videos.exts
+    return watch_folder(plan, lambda paths: replan(only=paths), options, source=Path(source), exts=exts,
+                        settle=DEFAULT_SETTLE if settle is None else settle,
+                        output=finish, video=video, **how)
 
 
 def video_plan(video: VideoOptions, output: OutputOptions) -> VideoPlan | None:

@@ -17,6 +17,7 @@ package imports neither torch nor Ray.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ben_cli.engines.results import STATUSES, FileResult, Interrupted, Results, Run, RunSummary
@@ -48,13 +49,16 @@ def _importable(module: str) -> bool:
 
 def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: OutputOptions | None = None,
                overwrite: bool = False, workers: int | None = None, settings: dict[str, Any] | None = None,
-               ray: RayOptions | None = None, quiet: bool = False, video: VideoOptions | None = None) -> Run:
+               ray: RayOptions | None = None, quiet: bool = False, video: VideoOptions | None = None,
+               loader: Callable[[], Any] | None = None) -> Run:
     """The run of ``plan`` on engine ``name`` with the model of ``options``.
 
     ``workers``: the local engine's reader and writer threads each (default one per core,
     at most 8), the ray engine's model actors (default one per GPU, else one). When the
     plan listed its output tree (``plan.existing``: an fsspec URL), that listing decides
-    what is skipped.
+    what is skipped. ``loader``: the local engine's model, one Eraser or a list (default:
+    :func:`ben_cli.pipeline.load_erasers` of ``options``, once some job has work); a watch passes a
+    cached one, so that every run of it uses the model loaded once.
     """
     check_engine(name)
     if name == "ray":
@@ -77,7 +81,7 @@ def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: Outp
 
         return load_erasers(options)  # one Eraser per device
 
-    return BatchRun(plan.jobs, get_eraser, batch_size=options.batch_size, overwrite=overwrite,
+    return BatchRun(plan.jobs, loader or get_eraser, batch_size=options.batch_size, overwrite=overwrite,
                     workers=workers or default_workers(), settings=settings, output=output, existing=plan.existing,
                     video=video)
 

@@ -18,7 +18,9 @@ use; no torch). One module per concern:
 - :mod:`ben_cli.io.write`: PNG/JPEG/WebP encoding (ICC profile and source record
   embedded) and atomic writes (temp file and rename; one put on object stores);
 - :mod:`ben_cli.io.fs`: where files live, local paths or fsspec URLs
-  (``s3://``, ``gs://``, ``file://``, ``memory://``; backends are optional extras).
+  (``s3://``, ``gs://``, ``file://``, ``memory://``; backends are optional extras);
+- :mod:`ben_cli.io.watch`: watching a folder (``ben erase --watch``): watchdog's observer
+  (imported on first use), the files it ignores, and when a file that arrives is complete.
 
 Every public name is importable from here (``from ben_cli.io import read_image``).
 """
@@ -68,6 +70,7 @@ from ben_cli.io.read import (
     read_mask,
     read_stdin_bytes,
 )
+from ben_cli.io.watch import Arrivals, Rules, Settling, complete, stamp_of
 from ben_cli.io.write import (
     atomic_write_bytes,
     check_output_file,
@@ -89,15 +92,19 @@ __all__ = [
     "VIDEO_EXTS",
     "VIDEO_PIN_TAG",
     "VIDEO_SOURCE_TAG",
+    "Arrivals",
     "LoadedImage",
     "NamedOutputs",
     "OutputListing",
     "Pin",
     "Place",
+    "Rules",
+    "Settling",
     "atomic_write_bytes",
     "check_kinds",
     "check_output_file",
     "clean_stale_temp_files",
+    "complete",
     "configure_warnings",
     "encode_image",
     "encode_png",
@@ -135,6 +142,7 @@ __all__ = [
     "single_output",
     "source_chunk",
     "source_pin",
+    "stamp_of",
     "url_fs",
     "write_png",
     "write_stdout_bytes",
