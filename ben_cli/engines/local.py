@@ -276,25 +276,20 @@ class BatchRun(Results):
                 write.add_done_callback(lambda w, job=job, result=result: _settle_write(job, w, result))
 
     def _finish_foregrounds(self, index: int, eraser: Eraser, outcome: list[Outcome]) -> list[Outcome]:
-        """On an accelerator: the batch's decontaminated cutout colours, all at once on this (the model's)
-        thread (:class:`ben_cli.output.BatchFinisher`); the writers then only compose, encode and write.
-        On the CPU the writer threads decontaminate each image in parallel, as before."""
+        """On an accelerator: the batch's decontaminated cutout colours at once, on the model's thread
+        (:class:`ben_cli.output.BatchFinisher`); on the CPU the writers decontaminate in parallel."""
         device = finishing_device(eraser.device)
-        wanted = [k for k, (item, pred, error) in enumerate(outcome)
-                  if error is None and wants_foreground(item[0], self.output)]
+        wanted = [k for k, (item, _, error) in enumerate(outcome) if error is None
+                  and wants_foreground(item[0], self.output)]
         if device is None or not wanted:
             return outcome
-        if self._finishers[index] is None:
-            self._finishers[index] = BatchFinisher(device)
+        finisher = self._finishers[index] = self._finishers[index] or BatchFinisher(device)
         try:
-            preds = self._finishers[index].finish([outcome[k][0][1] for k in wanted],
-                                                  [outcome[k][1] for k in wanted], self.output)
+            preds = finisher.finish([outcome[k][0][1] for k in wanted], [outcome[k][1] for k in wanted], self.output)
         except Exception:  # the writers decontaminate each image (and a bad one fails alone there)
             return outcome
-        done = list(outcome)
-        for k, pred in zip(wanted, preds):
-            done[k] = (done[k][0], pred, None)
-        return done
+        done = dict(zip(wanted, preds))
+        return [(item, done.get(k, pred), error) for k, (item, pred, error) in enumerate(outcome)]
 
     def _lower_batch_size(self, index: int, eraser: Eraser, failed_at: int) -> None:
         """Replica ``index`` ran out of memory at ``failed_at`` images: halve its batch size."""
