@@ -144,9 +144,11 @@ helper checks $L_CHECKS checks "${MODEL[@]}" --batch "$BATCH" --repeats "$REPEAT
 # pytest-gpu, 25 s: `pytest -m gpu` on the test modules that hold gpu-marked tests (collecting the whole suite
 # took 13 s here for 2 GPU tests; these modules: ~5 s there), each test a JSON line (scripts/pytest_jsonl.py).
 GPU_TESTS=$(grep -l 'mark\.gpu' tests/test_*.py)
+# One process (-o addopts= drops the suite's "-n 2": the GPU machine has no pytest-xdist, and the JSON lines
+# come from this process).
 # shellcheck disable=SC2086  # GPU_TESTS is a list of paths without spaces
 step pytest-gpu $L_PYTEST env ${BLOCK:+PYTHONPATH=$BLOCK:$PYTHONPATH} "$PY" -m pytest -m gpu -q -p no:cacheprovider \
-  -p no:hypothesispytest -p pytest_jsonl $GPU_TESTS
+  -o addopts= -p no:hypothesispytest -p pytest_jsonl $GPU_TESTS
 
 wait "$IMAGES_PID"
 read -r IMAGES_RC IMAGES_START IMAGES_END <"$WORK/images.rc"
