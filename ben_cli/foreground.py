@@ -170,15 +170,16 @@ def decontaminate_many(rgbs: Sequence[torch.Tensor], alphas: Sequence[torch.Tens
     """:func:`decontaminate` of images of different sizes at once: one host sync for the whole batch
     (which tiles hold soft pixels), and the later passes run on the soft tiles of every image together,
     stacked by crop shape (``stack``), so on a GPU a batch costs a few dozen kernel launches per shape
-    rather than per tile.
+    and one copy per soft tile, rather than a few dozen launches per tile.
 
     Args:
         rgbs: per image (1, 3, H, W) uint8, each of its own size, all on one device.
         alphas: per image (1, 1, H, W) uint8, the sizes of ``rgbs``.
         radii, tile: as :func:`decontaminate`.
-        stack: at most this many tiles in one call (None: all of a shape). On an accelerator, where each
-            call is a few dozen kernel launches, stacking is what makes it fast; on the CPU one tile at a
-            time (1) keeps each tile's working set in cache and is 2-3x faster than stacking them.
+        stack: at most this many tiles in one call (None: all of a shape, and the first pass on whole
+            images). On an accelerator, where each call is a kernel launch, stacking is what makes it
+            fast; on the CPU one tile at a time (1), the first pass band by band, keeps the working set
+            in cache and is 2-3x faster than stacking.
 
     Returns:
         per image (1, 3, H, W) uint8, the same values :func:`decontaminate` gives each image alone.
@@ -189,86 +190,85 @@ def decontaminate_many(rgbs: Sequence[torch.Tensor], alphas: Sequence[torch.Tens
         check_image_and_alpha(rgb, alpha)
         if rgb.shape[0] != 1:
             raise ValueError(f"decontaminate_many takes one image per tensor, got a batch of {rgb.shape[0]}")
-    outs = [rgb.clone() for rgb in rgbs]
     if not radii or not rgbs:
-        return outs
+        return [rgb.clone() for rgb in rgbs]
     first, rest = int(radii[0]), [int(r) for r in radii[1:]]
     softs = [(a > 0) & (a < 255) for a in alphas]
     layouts = [_layout(rgb.shape[2], rgb.shape[3], first, rest, tile) for rgb in rgbs]
-    flags = [torch.stack([soft[0, 0, y0:y1, x0:x1].any() for y0, y1, x0, x1 in cores])
-             for soft, (_cell_side, _step, _margin, cores) in zip(softs, layouts)]
-    busy = torch.cat(flags).tolist()  # the one host sync
+    busy = torch.cat([_busy_tiles(soft, step) for soft, (_, step, _) in zip(softs, layouts)]).tolist()  # the sync
     groups: dict[tuple[int, ...], list[_Tile]] = {}
+    floats: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(rgbs)
+    estimates: list[torch.Tensor | None] = [None] * len(rgbs)
     start = 0
     for i, (rgb, alpha) in enumerate(zip(rgbs, alphas)):
-        cell, step, margin, cores = layouts[i]
-        marks, start = busy[start : start + len(cores)], start + len(cores)
+        (cell, step, margin), (height, width) = layouts[i], rgb.shape[2:]
+        across = -(-width // step)
+        count = -(-height // step) * across
+        marks, start = busy[start : start + count], start + count
         if not any(marks):
             continue
-        height, width = rgb.shape[2:]
-        means = _first_pass(rgb, alpha, first, cell, step)
-        for core, has_soft in zip(cores, marks):
-            if not has_soft:
-                continue
-            y0, y1, x0, x1 = core
+        img, a = floats[i] = rgb.float().div_(255), alpha.float().div_(255)
+        means = _first_pass(img, a, first, cell, step if stack == 1 else height)
+        estimates[i] = rgb.clone()
+        for k in (k for k, has_soft in enumerate(marks) if has_soft):
+            y0, x0 = k // across * step, k % across * step
+            y1, x1 = min(y0 + step, height), min(x0 + step, width)
             ys, xs = max(0, (y0 - margin) // cell * cell), max(0, (x0 - margin) // cell * cell)
             ye, xe = min(height, y1 + margin), min(width, x1 + margin)
             near = means[..., ys // cell : -(-ye // cell) + 1, xs // cell : -(-xe // cell) + 1]
             groups.setdefault((cell, ye - ys, xe - xs, *near.shape[2:]), []).append(
-                _Tile(i, core, (ys, ye, xs, xe), near))
+                _Tile(i, (y0, y1, x0, x1), (ys, ye, xs, xe), near))
     for (cell, h, w, *_), same in groups.items():
         for k0 in range(0, len(same), stack or len(same)):
-            tiles = same[k0 : k0 + (stack or len(same))]
-            _fuse_tiles(tiles, rgbs, alphas, softs, outs, rest, cell, h, w)
-    return outs
+            _fuse_tiles(same[k0 : k0 + (stack or len(same))], floats, estimates, rest, cell, h, w)
+    return [rgb.clone() if est is None else torch.where(soft, est, rgb)
+            for rgb, soft, est in zip(rgbs, softs, estimates)]
 
 
-def _fuse_tiles(tiles: Sequence[_Tile], rgbs: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor],
-                softs: Sequence[torch.Tensor], outs: Sequence[torch.Tensor], rest: Sequence[int], cell: int,
-                h: int, w: int) -> None:
-    """The later passes on soft tiles of one crop shape (h, w), stacked; their cores written into ``outs``."""
-    img = _stack([_crop(rgbs[t.image], t.crop) for t in tiles])
-    a = _stack([_crop(alphas[t.image], t.crop) for t in tiles])
+def _busy_tiles(soft: torch.Tensor, step: int) -> torch.Tensor:
+    """(1, 1, H, W) bool -> (n,) bool: whether each ``step``-sided tile (row by row, the last ones cut at the
+    edges) holds a soft pixel; three kernels for any number of tiles."""
+    height, width = soft.shape[2:]
+    padded = F.pad(soft, (0, -width % step, 0, -height % step))
+    return padded.view(-(-height // step), step, -(-width // step), step).amax(dim=(1, 3)).flatten()
+
+
+def _fuse_tiles(tiles: Sequence[_Tile], floats: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
+                estimates: Sequence[torch.Tensor | None], rest: Sequence[int], cell: int, h: int, w: int) -> None:
+    """The later passes on soft tiles of one crop shape (h, w), stacked; their cores copied into each image's
+    estimate (uint8; the soft pixels are picked from it at the end)."""
+    crops = [floats[t.image] for t in tiles]  # type: ignore[misc]
+    boxes = [t.crop for t in tiles]
+    img = _stack([im[:, :, ys:ye, xs:xe] for (im, _), (ys, ye, xs, xe) in zip(crops, boxes)])
+    a = _stack([al[:, :, ys:ye, xs:xe] for (_, al), (ys, ye, xs, xe) in zip(crops, boxes)])
     fg, bg = _residual(img, a, _upsample(_stack([t.means for t in tiles]), cell, h, w))
     for radius in rest:
         fg, bg = _fuse(img, fg, bg, a, radius)
     fg = fg.mul_(255).round_().to(torch.uint8)
     for k, t in enumerate(tiles):
         (y0, y1, x0, x1), (ys, _ye, xs, _xe) = t.core, t.crop
-        view = outs[t.image][:, :, y0:y1, x0:x1]
-        core = fg[k : k + 1, :, y0 - ys : y1 - ys, x0 - xs : x1 - xs]
-        view.copy_(torch.where(softs[t.image][:, :, y0:y1, x0:x1], core, view))
+        estimates[t.image][:, :, y0:y1, x0:x1].copy_(fg[k, :, y0 - ys : y1 - ys, x0 - xs : x1 - xs])  # type: ignore[index]
 
 
 def _stack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    """The parts as one batch: one copy (a single part: made contiguous)."""
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
 
 
-def _layout(height: int, width: int, first: int, rest: Sequence[int], tile: int
-            ) -> tuple[int, int, int, list[tuple[int, int, int, int]]]:
-    """An image's tiling: the first pass's cell, the tile step (a multiple of it), the context margin of
-    the later passes, and the tile cores (y0, y1, x0, x1) in row order."""
+def _layout(height: int, width: int, first: int, rest: Sequence[int], tile: int) -> tuple[int, int, int]:
+    """An image's tiling: the first pass's cell, the tile step (a multiple of it) and the context margin of
+    the later passes."""
     cell = _cell(first, height, width)
-    step = max(cell, tile // cell * cell)
-    cores = [(y, min(y + step, height), x, min(x + step, width))
-             for y in range(0, height, step) for x in range(0, width, step)]
-    return cell, step, sum(rest) + 2 * cell, cores
+    return cell, max(cell, tile // cell * cell), sum(rest) + 2 * cell
 
 
-def _crop(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """(1, C, y0:y1, x0:x1) of a uint8 map as float in [0, 1]."""
-    y0, y1, x0, x1 = box
-    return x[:, :, y0:y1, x0:x1].float().div_(255)
-
-
-def _first_pass(rgb: torch.Tensor, alpha: torch.Tensor, radius: int, cell: int, step: int) -> torch.Tensor:
-    """The first (large) pass's mean colours on its coarse grid (1, 6, h, w), its statistics pooled one
-    band of ``step`` rows at a time (bounded memory)."""
-    height, width = rgb.shape[2:]
+def _first_pass(img: torch.Tensor, alpha: torch.Tensor, radius: int, cell: int, band: int) -> torch.Tensor:
+    """The first (large) pass's mean colours on its coarse grid (1, 6, h, w) from float ``img`` (1, 3, H, W)
+    and ``alpha`` (1, 1, H, W) in [0, 1]; the statistics pooled ``band`` rows at a time (a multiple of
+    ``cell``: the same cells whatever the band; a small band bounds the memory)."""
     pooled = []
-    for y in range(0, height, step):
-        box = (y, min(y + step, height), 0, width)
-        img, a = _crop(rgb, box), _crop(alpha, box)
-        stats = torch.cat([a, img * a, img * (1 - a)], 1)
+    for y in range(0, img.shape[2], band):
+        im, a = img[:, :, y : y + band], alpha[:, :, y : y + band]
+        stats = torch.cat([a, im * a, im * (1 - a)], 1)
         pooled.append(F.avg_pool2d(stats, cell, ceil_mode=True) if cell > 1 else stats)
     return _coarse_means(torch.cat(pooled, 2), radius, cell)

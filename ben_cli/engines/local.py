@@ -223,7 +223,7 @@ class BatchRun(Results):
             if replicas is not None:
                 replicas.close()  # waits for the batches running on other threads
             readers.shutdown(wait=True, cancel_futures=True)
-            writers.shutdown(wait=True, cancel_futures=True)
+            writers.shutdown(wait=True)  # the predictions handed to the writers are written (a batch or two)
             self._emit_events()
             for _job, fut in rows:  # interrupted: keep what was written completely
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
