@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import time
 from collections import Counter
 
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--size", default="1500x1000", help="WxH")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--time", type=int, default=0, help="also time the per-image CPU paths N times")
     ap.add_argument("--baseline", default=None, help="another foreground.py to count too (per image)")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
@@ -106,6 +108,17 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for name, f in figures.items():
         print(f"| {name} | {f['ops']} | {f['ops_per_image']} | {f['views']} | {f['syncs']} |")
+    if args.time:  # the CPU path itself: one image at a time, one thread, runs alternating
+        torch.set_num_threads(1)
+        timed = {name: [] for name, _ in paths}
+        for _ in range(args.time):
+            for name, run in paths:
+                t = time.perf_counter()
+                run()
+                timed[name].append((time.perf_counter() - t) / args.images)
+        for name, values in timed.items():
+            figures[name]["cpu_s_per_image_median"] = round(statistics.median(values), 4)
+            print(f"{name}: {statistics.median(values):.4f} s per image on the CPU (median of {args.time}, 1 thread)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"images": args.images, "size": args.size, "equal": same, **figures}, fh, indent=2)
