@@ -232,6 +232,24 @@ def test_erase_never_makes_cutouts_of_ben_outputs(tmp_path, ben, capsys):
 # --------------------------------------------------------------------------- the record itself
 
 
+def test_webp_cutouts_are_stable_and_a_changed_source_is_redone(tmp_path, ben, capsys):
+    src, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.json"
+    _save(src / "a" / "x.jpg", _picture(seed=1))
+    _save(src / "b" / "x.jpg", _picture(seed=2))
+    opts = ("--background", "white", "--format", "webp")
+    assert ben("erase", src / "a" / "x.jpg", src / "b" / "x.jpg", out, *opts, "-q") == 0
+    first = _tree(out)
+    assert len(first) == 2 and all(name.endswith(".webp") for name in first)
+    assert {read_output_pin(out / name).name for name in first} == {"x.jpg"}
+    assert ben("erase", src / "a" / "x.jpg", src / "b" / "x.jpg", out, *opts, "--report", report) == 0
+    assert {f["status"] for f in _files(report).values()} == {"skipped"} and _tree(out) == first
+    _save(src / "b" / "x.jpg", _picture(64, 48, seed=9))
+    assert ben("erase", src / "a" / "x.jpg", src / "b" / "x.jpg", out, *opts, "--report", report) == 0
+    files = _files(report)
+    assert files[str(src / "b" / "x.jpg")].get("redone") == "source changed"
+    assert files[str(src / "a" / "x.jpg")]["status"] == "skipped" and set(_tree(out)) == set(first)
+
+
 def test_the_record_reads_back_from_png_and_jpeg_starts(tmp_path):
     pin = Pin("a.jpg", "0123456789abcdef", "sub/a.jpg", 1234, 5678, "model=tiny resolution=256")
     png = encode_png(_picture(), source=pin)
@@ -239,8 +257,13 @@ def test_the_record_reads_back_from_png_and_jpeg_starts(tmp_path):
     assert output_pin(png) == pin and output_pin(jpg) == pin
     assert output_pin(png[:200]) == pin and output_pin(jpg[:400]) == pin  # only the start is read
     assert output_pin(encode_image(_picture(), "jpg", source="b.png")) == Pin("b.png")
+    webp = encode_image(_picture(), "webp", source=pin)
+    assert output_pin(webp) == pin and output_pin(encode_image(_picture(), "webp", source='a "q" & <b>')) == Pin(
+        'a "q" & <b>')
     exif = Image.Exif()
     exif[0x0112] = 1
+    _save(tmp_path / "x.webp", _picture())  # a WebP of another program: no record
+    assert read_output_pin(tmp_path / "x.webp") is None
     buf = tmp_path / "x.jpg"
     _save(buf, _picture(), exif=exif.tobytes(), comment=b"hello")  # a camera's JPEG: no record
     assert read_output_pin(buf) is None

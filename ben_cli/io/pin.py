@@ -8,6 +8,7 @@ modification time, and the settings that shaped the output:
 - PNG: ``iTXt`` chunks ``ben:source`` (the file name) and ``ben:pin`` (the rest, JSON),
   before the image data (:func:`pin_chunks`);
 - JPEG: the comment ``ben:source=<name>``, then ``\\nben:pin=<JSON>`` (:func:`jpeg_comment`);
+- WebP: the same text as the attribute ``ben:record`` of a small XMP packet (:func:`webp_xmp`);
 - video: the container metadata tags :data:`VIDEO_SOURCE_TAG` (``ben_source``) and
   :data:`VIDEO_PIN_TAG` (``ben_pin``);
 - frame folder: its frames, each an image with its own record.
@@ -35,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from typing import BinaryIO
+from xml.sax.saxutils import escape, unescape
 
 from ben_cli.io.fs import Place
 from ben_cli.io.kinds import IMAGE_EXTS, SUFFIX, VIDEO_EXTS
@@ -49,7 +51,7 @@ _PIN_KEY = b"ben:pin"
 _JPEG_PREFIX = "ben:source="
 _JPEG_PIN = "\nben:pin="
 _HEAD_BYTES = 1 << 16  # what is read of a remote output to find its source record
-_RECORDING_EXTS = frozenset({".png", ".jpg", ".jpeg"})  # the image files ben writes a record in
+_RECORDING_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp"})  # the image files ben writes a record in
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,18 @@ def jpeg_comment(source: Pin | str) -> bytes:
 # --------------------------------------------------------------------------- reading it back
 
 
+_XMP_OPEN = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+_XMP_RECORD = ' ben:record="'
+
+
+def webp_xmp(source: Pin | str) -> bytes:
+    """The XMP packet that records a WebP output's source: :func:`jpeg_comment`'s text, XML-escaped, as the
+    ``ben:record`` attribute of one ``rdf:Description``."""
+    text = escape(jpeg_comment(source).decode("utf-8", "surrogateescape"), {'"': "&quot;", "\n": "&#10;"})
+    return (_XMP_OPEN + '<rdf:Description xmlns:ben="https://github.com/ben-cli/xmp/1.0/"' + _XMP_RECORD + text
+            + '"/></rdf:RDF></x:xmpmeta>').encode("utf-8", "surrogateescape")
+
+
 def read_output_pin(path: str | os.PathLike[str]) -> Pin | None:
     """The :class:`Pin` recorded in an output ``ben`` wrote, of any kind, or None.
 
@@ -206,7 +220,7 @@ def is_own_output(path: str | os.PathLike[str]) -> bool:
 
 
 def output_pin(f: BinaryIO | bytes) -> Pin | None:
-    """The :class:`Pin` of an image output (PNG or JPEG) given as an open binary file or its first
+    """The :class:`Pin` of an image output (PNG, JPEG or WebP) given as an open binary file or its first
     bytes, or None."""
     if isinstance(f, (bytes, bytearray)):
         f = io.BytesIO(f)
@@ -214,6 +228,8 @@ def output_pin(f: BinaryIO | bytes) -> Pin | None:
     if head.startswith(b"\xff\xd8"):
         f.seek(2)
         return _jpeg_pin(f)
+    if head.startswith(b"RIFF"):
+        return _webp_pin(f)
     if head != b"\x89PNG\r\n\x1a\n":
         return None
     name: str | None = None
@@ -257,7 +273,33 @@ def _itxt_text(value: bytes) -> str | None:
 
 
 def _is_image(head: bytes) -> bool:
-    return head.startswith(b"\xff\xd8") or head == b"\x89PNG\r\n\x1a\n"
+    return head.startswith((b"\xff\xd8", b"RIFF")) or head == b"\x89PNG\r\n\x1a\n"
+
+
+def _webp_pin(f: BinaryIO) -> Pin | None:
+    """The record in the XMP chunk of a WebP file whose first 8 bytes were read: the chunks are walked
+    (the image data skipped, not read), only the XMP chunk is read whole."""
+    if f.read(4) != b"WEBP":
+        return None
+    for _ in range(64):
+        header = f.read(8)
+        if len(header) < 8:
+            return None
+        size = int.from_bytes(header[4:], "little")
+        if header[:4] != b"XMP ":
+            f.seek(size + (size & 1), 1)
+            continue
+        text = f.read(min(size, 1 << 20)).decode("utf-8", "surrogateescape")
+        start = text.find(_XMP_RECORD)
+        if start < 0:
+            return None
+        record = unescape(text[start + len(_XMP_RECORD) : text.find('"', start + len(_XMP_RECORD))],
+                          {"&quot;": '"', "&#10;": "\n"})
+        if not record.startswith(_JPEG_PREFIX):
+            return None
+        name, _, rest = record[len(_JPEG_PREFIX):].partition(_JPEG_PIN)
+        return Pin.parse(name, rest)
+    return None
 
 
 def _entries(folder: Path) -> list[Path]:

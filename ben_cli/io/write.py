@@ -32,7 +32,7 @@ from PIL import Image
 
 from ben_cli.errors import UsageError
 from ben_cli.io.fs import is_local_fs, is_url, url_fs, write_url_bytes
-from ben_cli.io.pin import Pin, jpeg_comment, pin_chunks
+from ben_cli.io.pin import Pin, jpeg_comment, pin_chunks, webp_xmp
 from ben_cli.io.read import icc_colour_space
 
 _TEMP_RE = re.compile(r"^\..*\.ben-[0-9a-f]{8}\.tmp$")
@@ -96,7 +96,7 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, icc_profile: bytes | No
 
     JPEG and WebP take (H, W) or (H, W, 3) arrays (no alpha) at ``quality`` (1-100),
     with the ICC profile embedded; a JPEG records ``source`` in its comment
-    (``ben:source=<name>`` and its pin), as PNGs do in text chunks.
+    (``ben:source=<name>`` and its pin), a WebP in an XMP packet, as PNGs do in text chunks.
     """
     if fmt == "png":
         return encode_png(array, icc_profile=icc_profile, compression=compression, source=source)
@@ -107,8 +107,10 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, icc_profile: bytes | No
     options: dict[str, object] = {"quality": int(quality)}
     if icc_profile:
         options["icc_profile"] = icc_profile
-    if fmt == "jpg" and source is not None:
+    if source is not None and fmt == "jpg":
         options["comment"] = jpeg_comment(source)
+    elif source is not None:
+        options["xmp"] = webp_xmp(source)
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, "JPEG" if fmt == "jpg" else "WEBP", **options)
     return buf.getvalue()
