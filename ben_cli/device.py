@@ -217,6 +217,14 @@ def allow_recompiles(count: int) -> None:
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, count)
 
 
+def compile_disabled() -> bool:
+    """True when torch.compile is switched off in this process (``TORCH_COMPILE_DISABLE=1``): a model
+    compiled with ``fullgraph=True`` would then raise on its first call, having compiled nothing."""
+    import torch._dynamo.config as dynamo_config
+
+    return bool(dynamo_config.disable)
+
+
 def compile_fallbacks() -> tuple[type[BaseException], ...]:
     """What a compiled model raises instead of running eagerly behind our back (it is compiled with
     ``fullgraph=True``): a graph break, or dynamo's recompile limit reached."""

@@ -34,6 +34,7 @@ from ben_cli.compose import resize_alpha
 from ben_cli.config import IMAGENET_MEAN, IMAGENET_STD, TrimapConfig
 from ben_cli.device import (
     allow_recompiles,
+    compile_disabled,
     compile_fallbacks,
     compile_model,
     dtype_name,
@@ -93,6 +94,10 @@ class Eraser:
         # torch.compile (inductor) fuses the elementwise work; it compiles once per
         # batch shape, so batches are padded to ``batch_size`` when it is on.
         self.batch_size = batch_size
+        if compile and compile_disabled():
+            warnings.warn("{opt:compile}: torch.compile is switched off in this process (TORCH_COMPILE_DISABLE); "
+                          "the model runs eagerly", BenWarning, stacklevel=2)
+            compile = False
         self.compiled = compile
         # CUDA graphs under compile (CUDA devices); off for replicas on threads (:meth:`without_cuda_graphs`)
         self.cuda_graphs = uses_cuda_graphs(device)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ben_cli.pipeline as pipeline
+from ben_cli.errors import BenWarning
 from ben_cli.pipeline import Eraser
 
 CPU = torch.device("cpu")
@@ -235,3 +236,17 @@ def _loaded(rgb: np.ndarray):
     from ben_cli.io import LoadedImage
 
     return LoadedImage(path="stand-in.png", rgb=rgb, alpha=None, mode="RGB")
+
+
+def test_compile_switched_off_by_torch_runs_eagerly_and_says_so(tiny_model, one_torch_thread):
+    """``TORCH_COMPILE_DISABLE=1`` (dynamo's ``disable``): a fullgraph compile would raise on its first call
+    having compiled nothing; the Eraser says so once and runs eagerly instead."""
+    import torch._dynamo.config as dynamo_config
+
+    rgb = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    eager = Eraser(tiny_model, device=torch.device("cpu"), dtype=torch.float32, resolution=256).base(rgb)
+    with dynamo_config.patch(disable=True), pytest.warns(BenWarning, match="switched off"):
+        eraser = Eraser(tiny_model, device=torch.device("cpu"), dtype=torch.float32, resolution=256, compile=True)
+    assert not eraser.compiled
+    eraser.warm_up()
+    assert torch.equal(eraser.base(rgb), eager)
