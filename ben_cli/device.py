@@ -424,11 +424,7 @@ def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
 def record_event(device: torch.device) -> torch.cuda.Event | None:
     """A CUDA event recorded on ``device``'s current stream (the work queued so far); None elsewhere,
     where work is done when the call that queued it returns."""
-    if device.type != "cuda":
-        return None
-    event = torch.cuda.Event()
-    event.record(torch.cuda.current_stream(device))
-    return event
+    return torch.cuda.current_stream(device).record_event() if device.type == "cuda" else None
 
 
 def wait_event(event: torch.cuda.Event | None) -> None:
