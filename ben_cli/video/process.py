@@ -16,6 +16,7 @@ thread, removes the temp files and propagates.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -205,8 +206,9 @@ class _Run:
     def _dispatch(self, done: list[tuple[Any, Prediction]]) -> None:
         if self.finisher is not None and done:  # the batch's cutout colours on the model's device, at once
             frames = [frame for frame, _ in done]
-            done = list(zip(frames, self.finisher.finish([f.image for f in frames], [p for _, p in done],
-                                                         self.output)))
+            with contextlib.suppress(Exception):  # else the render pool decontaminates each frame
+                done = list(zip(frames, self.finisher.finish([f.image for f in frames], [p for _, p in done],
+                                                             self.output)))
         for frame, pred in done:
             future: Future = self.pool.submit(_render_all, self.kinds, frame.image, pred, self.output, self.background,
                                               self.layout)
