@@ -67,7 +67,7 @@ def onnx(
                                     model_given=opt.given_on_command_line("model"), resolution=resolution,
                                     precision=precision.value, opset=opset, optimize=optimize)
     meta = result.metadata
-    print(f"{result.path}: {meta['ben_model']} {resolution}x{resolution} {precision.value}, opset {opset}, "
+    print(f"{result.path}: {meta['ben_model']} {resolution}x{resolution} {precision.value}, opset {result.opset}, "
           f"dynamic batch; {result.size / 2**20:.1f} MiB, {result.nodes} nodes, exported in {result.seconds:.1f} s")
     if check:
         got = compare(result.path, net, check_images([str(p) for p in images or []], resolution))

@@ -20,10 +20,12 @@ on first use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ben_cli.errors import OptionError, UsageError, install_hint
+from ben_cli.errors import BenWarning, OptionError, UsageError, install_hint
 from ben_cli.models.onnx_base import INPUT_NAME, OUTPUT_NAME, OnnxBase
 from ben_cli.version import __version__
 
@@ -59,13 +61,14 @@ class GraphModule(nn.Module):
 
 @dataclass(frozen=True)
 class ExportResult:
-    """One export: where, how long (seconds), how large (bytes), how many nodes, and the metadata written."""
+    """One export: where, how long (seconds), how large (bytes), how many nodes, the metadata and the opset."""
 
     path: Path
     seconds: float
     size: int
     nodes: int
     metadata: dict[str, str]
+    opset: int  # the graph's opset as written (the exporter keeps 18 where it cannot convert to a lower one)
 
 
 def _require(module: str) -> Any:
@@ -75,6 +78,18 @@ def _require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise UsageError(f"ben export onnx needs {module}, which is not installed: {install_hint('onnx')}") from None
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """``logger``'s warnings off for the block (onnxscript's optimizer warns once per node it does not fold)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -95,7 +110,7 @@ def check_export_options(resolution: int, precision: str, opset: int) -> None:
         raise OptionError("precision", f"an ONNX graph is exported in fp32 or fp16, not {precision!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise OptionError("opset", f"must be at least {MIN_OPSET} (torch's exporter writes {DEFAULT_OPSET} and "
-                                   f"later), got {opset}")
+                                   f"later, and converts down where it can), got {opset}")
 
 
 def graph_model(model: nn.Module, resolution: int, precision: str = "fp32") -> GraphModule:
@@ -120,7 +135,7 @@ def export_model(model: nn.Module, path: str | Path, *, resolution: int, precisi
     graph = graph_model(model, resolution, precision)
     example = torch.randint(0, 256, (2, 3, resolution, resolution), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _quiet("onnxscript"), _quiet("torch.onnx"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes={"image": {0: batch}}, opset_version=opset, dynamo=True,
@@ -135,8 +150,12 @@ def export_model(model: nn.Module, path: str | Path, *, resolution: int, precisi
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path))
-    nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
-    return ExportResult(path, time.perf_counter() - start, path.stat().st_size, nodes, meta)
+    written = onnx.load(str(path), load_external_data=False)
+    got = next((o.version for o in written.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if got != opset:
+        warnings.warn(f"{{opt:opset}} {opset}: torch's exporter could not convert the graph to it and wrote "
+                      f"opset {got}", BenWarning, stacklevel=2)
+    return ExportResult(path, time.perf_counter() - start, path.stat().st_size, len(written.graph.node), meta, got)
 
 
 def load_base(weights: Path | None, model: str, model_given: bool) -> tuple[nn.Module, Path, str]:
