@@ -158,6 +158,14 @@ def test_missing_onnxruntime_names_the_extra(graph, tmp_path, capsys, monkeypatc
     assert 'pip install "ben_cli[onnx]"' in err
 
 
+def test_export_without_the_onnx_packages_names_the_extra(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    out = tmp_path / "g.onnx"
+    assert main(["export", "onnx", str(out), "--model", "tiny", "--weights", str(tiny_checkpoint),
+                 "--resolution", str(RES)]) == 2
+    assert 'pip install "ben_cli[onnx]"' in capsys.readouterr().err and not out.exists()
+
+
 def test_export_refuses_bad_options_before_loading(tmp_path, capsys):
     out = str(tmp_path / "g.onnx")
     missing = str(tmp_path / "missing.safetensors")

@@ -15,6 +15,7 @@ imported only here, when a graph is opened.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ben_cli.errors import CheckpointError, UsageError, install_hint
+from ben_cli.errors import BenWarning, CheckpointError, UsageError, install_hint
 
 INPUT_NAME, OUTPUT_NAME = "image", "prob"
 METADATA_KEYS = ("ben_model", "ben_resolution", "ben_precision", "ben_version", "ben_weights",
@@ -95,8 +96,12 @@ def open_session(path: str | Path, device: torch.device | str = "cpu", threads: 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3  # errors only: the graph's own warnings are not the user's
+    providers = providers_for(device, ort.get_available_providers())
+    if device.type == "cuda" and len(providers) == 1:
+        warnings.warn(f"the installed onnxruntime has no CUDA provider (onnxruntime-gpu has): {path.name} runs "
+                      "on the CPU, the rest of the pipeline on the GPU", BenWarning, stacklevel=3)
     try:
-        return ort.InferenceSession(str(path), options, providers=providers_for(device, ort.get_available_providers()))
+        return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... for a damaged or foreign file
         reason = " ".join(str(e).split())[:160]
         raise CheckpointError(f"{path}: not an ONNX model ONNX Runtime can load "
