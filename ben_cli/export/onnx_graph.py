@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ben_cli.errors import BenWarning, OptionError, UsageError, install_hint
+from ben_cli.models.normalise import register_mean_std
 from ben_cli.models.onnx_base import INPUT_NAME, OUTPUT_NAME, OnnxBase
 from ben_cli.version import __version__
 
@@ -52,10 +53,11 @@ class GraphModule(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        register_mean_std(self, model.config.mean, model.config.std)  # float32 whatever the model's precision
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.to(torch.float32) / 255.0
-        x = (x - self.model.mean.float()) / self.model.std.float()
+        x = (x - self.mean) / self.std
         return torch.sigmoid(self.model(x.to(self.model.dtype)).float())
 
 
