@@ -24,15 +24,15 @@ class GraphPrecision(str, Enum):
     fp16 = "fp16"
 
 
-Images = Annotated[list[Path] | None, typer.Argument(metavar="[IMAGES]...", show_default=False,
+Images = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False,
                                                      help="With --check: images to compare on (default: three "
                                                      "generated ones).")]
 Check = Annotated[bool, typer.Option("--check", metavar="", help="Then run IMAGES through the graph at batch 1 "
                                      "and 3 (one session) and through the PyTorch model, and print the worst "
                                      "difference of the probabilities.")]
 Opset = Annotated[int, typer.Option("--opset", metavar="N", help="ONNX opset of the graph (at least 17).")]
-Precision = Annotated[GraphPrecision, typer.Option("--precision", metavar="P", help="fp32 or fp16 (for GPUs: "
-                                                   "TensorRT, CUDA; ONNX Runtime's CPU kernels are fp32).")]
+Precision = Annotated[GraphPrecision, typer.Option("--precision", metavar="P", help="fp32 or fp16 (fp16 is for "
+                                                   "GPUs: TensorRT, CUDA; on the CPU it runs, slower than fp32).")]
 Optimize = Annotated[bool, typer.Option("--optimize/--no-optimize", help="Run onnxscript's optimizer on the graph "
                                         "(constant folding, dead nodes).")]
 
@@ -53,9 +53,10 @@ def onnx(
 ) -> None:
     """Export BEN Base (not the refiner) of any checkpoint ben loads to one ONNX file.
 
-    The graph: input 'image' uint8 (B, 3, S, S) RGB, B dynamic, S = --resolution; the normalisation
-    inside; output 'prob' float32 (B, 1, S, S) in [0, 1]. Metadata: model, resolution, precision,
-    ben version, the checkpoint's sha256, the layouts. `ben erase --weights OUT.onnx` runs it.
+    Input 'image': uint8 (B, 3, S, S) RGB, B dynamic, S = --resolution; the normalisation inside.
+    Output 'prob': float32 (B, 1, S, S) in [0, 1], the sigmoid inside.
+    Metadata: model, resolution, precision, ben version, the checkpoint's sha256, the layouts.
+    `ben erase --weights OUT.onnx` runs it.
     """
     from ben_cli.errors import UsageError
 
