@@ -78,6 +78,10 @@ def load_parts(options: InferenceOptions, *, stacklevel: int = 2) -> EraserParts
         warnings.warn(slow, BenWarning, stacklevel=stacklevel + 1)
     warming = init_device_async(device)  # the CUDA context is made while the checkpoint is read
     path = find_weights(options.weights, model=options.model)
+    if path.suffix.lower() == ".onnx":
+        if warming is not None:
+            warming.join()
+        return onnx_parts(options, path, device, build_refiner(options, device))
     net = checkpoint_load.build_from_checkpoint(checkpoint_load.read_checkpoint(path), options.model, str(path),
                                                 expect_model=options.model if options.model_given else None)
     if warming is not None:
@@ -88,6 +92,36 @@ def load_parts(options: InferenceOptions, *, stacklevel: int = 2) -> EraserParts
                        compile=options.compile, batch_size=options.batch_size_for(device.type),
                        refiner=build_refiner(options, device), max_refine_side=options.max_refine_side,
                        settings=settings, autocast=options.autocast)
+
+
+def onnx_parts(options: InferenceOptions, path: Path, device: torch.device, refiner: RefineStage) -> EraserParts:
+    """The parts of an Eraser whose base is the ONNX graph at ``path`` (:class:`~ben_cli.models.onnx_base.OnnxBase`,
+    run by ONNX Runtime; everything after the base as for a checkpoint).
+
+    The graph fixes the side (the default ``resolution`` becomes the graph's; another one given is an
+    OptionError) and the precision (fp32 compute around it); ``compile`` and ``autocast`` do not apply.
+    """
+    from ben_cli.errors import OptionError
+    from ben_cli.models.onnx_base import OnnxBase
+
+    if options.compile:
+        raise OptionError("compile", "compiles the PyTorch model; an ONNX graph runs in ONNX Runtime as exported")
+    if options.autocast:
+        raise OptionError("autocast", "applies to the PyTorch model; an ONNX graph runs in its exported precision")
+    net = OnnxBase.load(path, device)
+    graph = net.config
+    if options.resolution_given and options.resolution != graph.resolution:
+        raise OptionError("resolution", f"{path.name} is a graph of {graph.resolution}x{graph.resolution} inputs, "
+                                        f"not {options.resolution}: leave {{opt:resolution}} out, or export "
+                                        f"another with ben export onnx --resolution {options.resolution}")
+    if options.precision.value not in ("auto", "fp32", graph.precision):
+        raise OptionError("precision", f"{path.name} is an {graph.precision} graph: its precision was fixed "
+                                       f"at export (ben export onnx --precision)")
+    settings = {"model": graph.model, "weights": str(path), "version": __version__, "runtime": "onnxruntime",
+                "graph_precision": graph.precision}
+    return EraserParts(model=net, device=device, dtype=torch.float32, resolution=graph.resolution, compile=False,
+                       batch_size=options.batch_size_for(device.type), refiner=refiner,
+                       max_refine_side=options.max_refine_side, settings=settings, autocast=False)
 
 
 def build_refiner(options: InferenceOptions, device: torch.device | None = None) -> RefineStage:
@@ -114,4 +148,4 @@ def model_name(model: torch.nn.Module, requested: str) -> str:
     return next((name for name, entry in MODELS.items() if entry.config == config), "custom")
 
 
-__all__ = ["EraserParts", "build_refiner", "load_parts", "model_name", "resolve_options"]
+__all__ = ["EraserParts", "build_refiner", "load_parts", "model_name", "onnx_parts", "resolve_options"]

@@ -110,7 +110,8 @@ class InferenceOptions:
     path; a no-op where the precision resolves to fp32). ``compile``:
     ``torch.compile``, cached on disk (:func:`ben_cli.device.compile_model`). ``model_given``: ``model``
     was named by the user, so a checkpoint that describes another network is an error rather than
-    the file's own network silently winning.
+    the file's own network silently winning. ``resolution_given``: ``resolution`` was named by the user,
+    so an ONNX graph of another side is an error (otherwise the graph's side is used).
     """
 
     model: str = "ben2-base"
@@ -125,6 +126,7 @@ class InferenceOptions:
     max_refine_side: int | None = None
     autocast: bool = False
     model_given: bool = False
+    resolution_given: bool = False
 
     def __post_init__(self) -> None:
         from ben_cli.models.registry import MODELS

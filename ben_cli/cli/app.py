@@ -45,9 +45,9 @@ def root(
 
 def _register() -> None:
     # Each module only imports typer at import time, so `ben --help` stays instant.
-    from ben_cli.cli import bench_cmd, erase, eval_cmd, train_cmd, trimap_cmd, weights_cmd
+    from ben_cli.cli import bench_cmd, erase, eval_cmd, export_cmd, train_cmd, trimap_cmd, weights_cmd
 
-    for mod in (erase, trimap_cmd, eval_cmd, weights_cmd, train_cmd, bench_cmd):
+    for mod in (erase, trimap_cmd, eval_cmd, weights_cmd, train_cmd, bench_cmd, export_cmd):
         mod.register(app)
 
 

@@ -73,7 +73,8 @@ Model = Annotated[
 Weights = Annotated[
     Path | None,
     typer.Option("--weights", "-w", metavar="PATH", show_default=False, rich_help_panel=_MODEL,
-                 help="Checkpoint file (.pth or .safetensors), or a folder holding it. Default: $BEN_WEIGHTS, "
+                 help="Checkpoint file (.pth or .safetensors; .onnx: a graph of ben export onnx, run by ONNX Runtime), "
+                 "or a folder holding it. Default: $BEN_WEIGHTS, "
                  "./weights/, the cache, else download the model's official file."),
 ]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", rich_help_panel=_MODEL,
@@ -117,15 +118,16 @@ def inference_options(*, model: ModelName | str = "ben2-base", weights: Path | N
                       batch_size: int | None = None,
                       refiner: Refiner | str = Refiner.auto, refiner_weights: Path | None = None,
                       compile: bool = False, max_refine_side: int | None = None, autocast: bool = False):
-    """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags (``model_given``:
-    ``--model`` was on the command line)."""
+    """The validated :class:`~ben_cli.options.InferenceOptions` of a command's flags (``model_given``,
+    ``resolution_given``: ``--model``, ``--resolution`` were on the command line)."""
     from ben_cli.options import InferenceOptions
 
     name = model.value if isinstance(model, Enum) else model
     return InferenceOptions(model=name, weights=weights, device=device, precision=precision,
                             resolution=resolution, batch_size=batch_size, refiner=refiner,
                             refiner_weights=refiner_weights, compile=compile, max_refine_side=max_refine_side,
-                            autocast=autocast, model_given=given_on_command_line("model"))
+                            autocast=autocast, model_given=given_on_command_line("model"),
+                            resolution_given=given_on_command_line("resolution"))
 
 
 def given_on_command_line(param: str) -> bool:
