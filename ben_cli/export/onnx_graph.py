@@ -21,7 +21,6 @@ on first use.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 import warnings
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ben_cli.errors import BenWarning, OptionError, UsageError, install_hint
+from ben_cli.io import file_sha256
 from ben_cli.models.normalise import register_mean_std
 from ben_cli.models.onnx_base import INPUT_NAME, OUTPUT_NAME, OnnxBase
 from ben_cli.version import __version__
@@ -92,15 +92,6 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_export_options(resolution: int, precision: str, opset: int) -> None:

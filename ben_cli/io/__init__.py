@@ -28,7 +28,7 @@ Every public name is importable from here (``from ben_cli.io import read_image``
 from __future__ import annotations
 
 from ben_cli.io.find import find_image_files, find_images, outputs_exist
-from ben_cli.io.fs import Place, is_file, is_url, join_url, read_url_bytes, url_fs, write_url_bytes
+from ben_cli.io.fs import Place, file_sha256, is_file, is_url, join_url, read_url_bytes, url_fs, write_url_bytes
 from ben_cli.io.kinds import (
     ANIMATION_EXTS,
     IMAGE_EXTS,
@@ -109,6 +109,7 @@ __all__ = [
     "encode_image",
     "encode_png",
     "existing_outputs",
+    "file_sha256",
     "find_image_files",
     "find_images",
     "from_pil",

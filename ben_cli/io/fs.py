@@ -18,6 +18,7 @@ into place (:func:`ben_cli.io.write.atomic_write_bytes`); on object stores (and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -168,3 +169,12 @@ class Place:
             return []
         got = self.fs.cat_ranges(paths, [0] * len(paths), [size] * len(paths), on_error="return")
         return [g if isinstance(g, bytes) else None for g in got]
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 of a local file's bytes (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

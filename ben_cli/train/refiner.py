@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from ben_cli.errors import CheckpointError, OptionError, UsageError
+from ben_cli.io import file_sha256 as file_digest
 from ben_cli.train.data import SamplePair
 from ben_cli.train.loop import StepHook, TrainResult, train
 from ben_cli.train.loss import LossOutput
 from ben_cli.train.refiner_cache import (
     BaseCache,
     base_logits,
-    file_digest,
     fill_cache,
     load_base,
     prediction_files,

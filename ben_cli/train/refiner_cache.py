@@ -17,7 +17,6 @@ benchmark's simulated ones), converted into ``CACHE/predictions-<side>/``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from collections.abc import Callable, Sequence
@@ -35,15 +34,6 @@ from ben_cli.device import release_cached_memory
 from ben_cli.errors import CheckpointError, OptionError, UsageError
 from ben_cli.train.data import BadPair, SamplePair
 from ben_cli.train.runtime import Runtime, barrier
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
