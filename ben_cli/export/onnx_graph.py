@@ -35,7 +35,6 @@ from torch import nn
 
 from ben_cli.errors import BenWarning, OptionError, UsageError, install_hint
 from ben_cli.io import file_sha256
-from ben_cli.models.normalise import register_mean_std
 from ben_cli.models.onnx_base import INPUT_NAME, OUTPUT_NAME, OnnxBase
 from ben_cli.version import __version__
 
@@ -53,11 +52,16 @@ class GraphModule(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        register_mean_std(self, model.config.mean, model.config.std)  # float32 whatever the model's precision
+        # float32 whatever the model's precision; named apart from the network's values (an initializer
+        # "mean" beside a node output "mean" breaks the graph's single assignment without the optimizer)
+        self.register_buffer("image_mean", torch.tensor(model.config.mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("image_std", torch.tensor(model.config.std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.to(torch.float32) / 255.0
-        x = (x - self.mean) / self.std
+        x = (x - self.image_mean) / self.image_std
         return torch.sigmoid(self.model(x.to(self.model.dtype)).float())
 
 
