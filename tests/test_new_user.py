@@ -293,7 +293,7 @@ def test_ray_already_running_here_is_joined_without_sizes(monkeypatch):
     import warnings
 
     ray = pytest.importorskip("ray")
-    from ben_cli.engines.ray import _connect
+    from ben_cli.engines.ray_cluster import connect as _connect
     from ben_cli.errors import BenWarning
 
     calls: list[dict] = []

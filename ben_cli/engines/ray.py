@@ -5,11 +5,11 @@ One Ray Data dataset over the jobs still to do::
     jobs -> read, decode, resize (CPU tasks) -> Eraser.predict (a pool of actors, a GPU each on a GPU
          cluster) -> render, encode, write atomically (CPU tasks) -> one result per job, back here
 
-Each row carries its pickled :class:`~ben_cli.plan.Job`. The read and write steps are the
-local engine's (:func:`~ben_cli.engines.steps.read_job`, :func:`~ben_cli.output.write_outputs`);
-each actor builds one :class:`~ben_cli.pipeline.Eraser` with ``Eraser.from_options(options)``
-when it starts and predicts with :func:`~ben_cli.engines.steps.predict_each`. So both engines
-read, compute, name and write the same files; names come from the plan (one listing of OUTPUT).
+Each row carries its pickled :class:`~ben_cli.plan.Job`; what runs in the workers is in
+:mod:`~ben_cli.engines.ray_tasks` (the local engine's read, predict and write steps, so both engines
+read, compute, name and write the same files; names come from the plan, one listing of OUTPUT), and
+where it runs in :mod:`~ben_cli.engines.ray_cluster`. Each actor builds one
+:class:`~ben_cli.pipeline.Eraser` with ``Eraser.from_options(options)`` when it starts.
 
 Failures. A Python exception for one file (unreadable, model, writing) is caught in its step
 and travels with the row as its reason: no worker dies of it. A worker process that dies
@@ -27,7 +27,6 @@ joined by address, whose autoscaler may add GPU nodes.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -39,11 +38,11 @@ import warnings
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-import numpy as np
-
+from ben_cli.engines.ray_cluster import Layout, connect, plan_layout
+from ben_cli.engines.ray_tasks import EraseActor, read_row, write_row
 from ben_cli.engines.results import FileResult, Results
-from ben_cli.errors import BenError, BenWarning, EngineError
-from ben_cli.options import InferenceOptions, OutputOptions, RayOptions, cpu_count
+from ben_cli.errors import BenError, EngineError
+from ben_cli.options import InferenceOptions, OutputOptions, RayOptions
 from ben_cli.plan import Job
 
 
@@ -89,18 +88,18 @@ class RayRun(Results):
 
         self.on_event("loading")
         t0 = time.perf_counter()
-        started_here = _connect(self.ray.address, self.quiet, verbose=self.ray.verbose)
+        started_here = connect(self.ray.address, self.quiet, verbose=self.ray.verbose)
         try:
             self._ray_seconds = time.perf_counter() - t0
             joined = bool(self.ray.address or os.environ.get("RAY_ADDRESS"))  # a cluster may gain GPU nodes
-            layout = _layout(ray, self.options, self.ray.gpus_per_worker, self.workers, joined)
+            layout = plan_layout(ray, self.options, self.ray.gpus_per_worker, self.workers, joined)
             self.settings.update(engine="ray", workers=layout.workers, gpus_per_worker=layout.gpus)
             self._run_all(todo, layout)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _run_all(self, todo: list[Job], layout: _Layout) -> None:
+    def _run_all(self, todo: list[Job], layout: Layout) -> None:
         """Every job once; the jobs of batches whose worker died, again one per batch and one batch at a time
         per actor (nothing else is lost when that file kills its worker again); what is left fails."""
         left = self._pass(todo, list(range(len(todo))), layout, layout.batch_size)
@@ -111,7 +110,7 @@ class RayRun(Results):
             self.record(FileResult(todo[i].label, "failed", error=f"a worker process died on this file ({tries} "
                                    "tries, alone in its batch); see the Ray logs"))
 
-    def _pass(self, todo: list[Job], indices: list[int], layout: _Layout, batch_size: int) -> list[int]:
+    def _pass(self, todo: list[Job], indices: list[int], layout: Layout, batch_size: int) -> list[int]:
         """Run ``todo[i]`` for ``i`` in ``indices`` through the pipeline; the indices that got no result."""
         import ray
         from ray.data import ActorPoolStrategy, DataContext
@@ -133,15 +132,15 @@ class RayRun(Results):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # retries only go through ray_remote_args
                 ds = ray.data.from_items(rows, **_blocks_arg(ray.data.from_items, blocks))
-                ds = ds.map(_read_row, fn_kwargs={"side": self.options.resolution}, num_cpus=1, **retries)
+                ds = ds.map(read_row, fn_kwargs={"side": self.options.resolution}, num_cpus=1, **retries)
                 ds = ds.map_batches(
-                    _EraseActor, batch_size=batch_size, batch_format="numpy",
+                    EraseActor, batch_size=batch_size, batch_format="numpy",
                     fn_constructor_kwargs={"options": layout.options, "build": self.build,
                                            "threads": layout.threads},
                     compute=_actor_pool(ActorPoolStrategy, layout.workers, alone=batch_size == 1),
                     num_cpus=layout.actor_cpus,
                     num_gpus=layout.gpus or None, max_restarts=-1, max_task_retries=self.task_retries)
-                ds = ds.map(_write_row, fn_kwargs={"output": self.output}, num_cpus=1, **retries)
+                ds = ds.map(write_row, fn_kwargs={"output": self.output}, num_cpus=1, **retries)
             seen: set[int] = set()
             results = iter(ds.iter_rows())
             try:
@@ -175,85 +174,6 @@ class RayRun(Results):
             crop = row.get("crop") or ""
             self.record(FileResult(job.label, "done", json.loads(row["outputs"]),
                                    crop=json.loads(crop) if crop else None))
-
-
-# --------------------------------------------------------------------------- the cluster
-
-
-class _Layout:
-    """How the model actors are placed: count, GPUs and CPUs each, torch threads, batch size, options."""
-
-    def __init__(self, options: InferenceOptions, workers: int, gpus: float, actor_cpus: float) -> None:
-        self.options, self.workers, self.gpus, self.actor_cpus = options, workers, gpus, actor_cpus
-        self.threads = 0 if gpus else max(1, int(actor_cpus))
-        self.batch_size = options.batch_size_for("cuda" if gpus else "cpu")
-
-
-_EXISTING = "existing cluster"  # Ray's ValueError when a runtime is asked its size while one already runs here
-
-
-def _connect(address: str | None, quiet: bool, *, verbose: bool = False) -> bool:
-    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``); else join the Ray already running on this
-    machine (said once; ``"local"`` starts a separate one instead), else start a Ray runtime here.
-
-    Ray's INFO lines stay off stderr unless ``verbose``. Returns True when this call started (or
-    joined) Ray and must shut it down; False when Ray was already initialised in this process
-    (a test, a notebook).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"log_to_driver": not quiet,
-                              "logging_level": logging.INFO if verbose and not quiet else logging.WARNING}
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "local":
-        ray.init(address=address, **kwargs)
-        return True
-    try:  # sizes are given only to a runtime started here; Ray refuses them for one it would join
-        ray.init(address=address, num_cpus=cpu_count(), include_dashboard=False, **kwargs)
-    except ValueError as e:
-        if address == "local" or _EXISTING not in str(e):
-            raise
-        warnings.warn(BenWarning("joining the Ray already running on this machine ({opt:ray_address} local "
-                                 "starts a separate one)"), stacklevel=2)
-        ray.init(address="auto", **kwargs)
-    return True
-
-
-def _layout(ray: Any, options: InferenceOptions, gpus_per_worker: float | None, workers: int | None,
-            joined: bool) -> _Layout:
-    """Decide GPUs per actor, the actor count, the CPUs each reserves and the device (see module docstring).
-
-    GPUs asked of a Ray without any are an error, unless it is a cluster joined by address
-    (its autoscaler may add GPU nodes): Ray would wait for them forever.
-    """
-    resources = ray.cluster_resources()
-    cluster_gpus = float(resources.get("GPU", 0.0))
-    cluster_cpus = float(resources.get("CPU", 1.0))
-    gpus = float(gpus_per_worker) if gpus_per_worker is not None else (1.0 if cluster_gpus > 0 else 0.0)
-    if gpus > 0 and cluster_gpus == 0:
-        if not joined:
-            raise EngineError(
-                f"{{opt:gpus_per_worker}} {gpus:g}: Ray finds no GPU on this machine (it would wait for one "
-                "forever); use {opt:gpus_per_worker} 0 to run the model on the CPU")
-        warnings.warn("the Ray cluster has no GPU now: the model workers wait until GPU nodes join",
-                      BenWarning, stacklevel=2)
-    if gpus == 0 and options.device == "auto":
-        options = options.replace(device="cpu")
-    for name in ("weights", "refiner_weights"):  # a file here is the same file for workers started here
-        path = getattr(options, name)
-        if path is not None and path.exists():
-            options = options.replace(**{name: path.resolve()})
-    if workers is None:
-        workers = max(1, int(cluster_gpus // gpus)) if gpus > 0 and cluster_gpus else 1
-    if gpus > 0:
-        actor_cpus = 1.0
-    else:  # CPU actors share the machine's cores, leaving one for reading and writing
-        node_cpus = max((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")),
-                        default=cluster_cpus)
-        actor_cpus = max(0.5, min(node_cpus - 1.0, (cluster_cpus - 1.0) / workers))
-    return _Layout(options, workers, gpus, actor_cpus)
 
 
 def _actor_pool(strategy: Any, workers: int, alone: bool) -> Any:
@@ -293,108 +213,3 @@ def _as_ben_error(error: Exception) -> BenError:
 _RAISED_RE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ")
 
 
-# --------------------------------------------------------------------------- the steps (run in Ray workers)
-
-
-def _dumps(value: Any) -> bytes:
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _read_row(row: dict[str, Any], side: int) -> dict[str, Any]:
-    """Read, decode and resize one job (CPU task); a failure becomes the row's reason."""
-    from ben_cli.engines.steps import failure, read_job
-
-    out = {"i": row["i"], "job": row["job"], "data": b"", "error": "", "tb": "", "meta": ""}
-    try:
-        out["data"] = _dumps(read_job(pickle.loads(row["job"]), side))
-    except Exception as e:
-        reason, tb = failure(e, "reading")
-        out.update(error=reason, tb=tb or "")
-    return out
-
-
-class _EraseActor:
-    """A model actor: one Eraser built when it starts, then batches of rows through it."""
-
-    def __init__(self, options: InferenceOptions, build: Callable[[InferenceOptions], Any] | None,
-                 threads: int) -> None:
-        import torch
-
-        from ben_cli.pipeline import Eraser
-
-        if threads:
-            torch.set_num_threads(threads)
-        t0 = time.perf_counter()
-        self.eraser = (build or Eraser.from_options)(options)
-        self.batch_size = max(1, options.batch_size_for(self.eraser.device.type))
-        self.meta = json.dumps({**self.eraser.settings, "load_seconds": time.perf_counter() - t0})
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ben_cli.engines.steps import failure, predict_each
-
-        n = len(batch["i"])
-        data, error, tb = list(batch["data"]), [str(e) for e in batch["error"]], [str(t) for t in batch["tb"]]
-        items, where = [], []
-        for k in range(n):
-            if not error[k]:
-                image, resized = pickle.loads(data[k])
-                items.append((pickle.loads(batch["job"][k]), image, resized))
-                where.append(k)
-        pos = 0
-        while pos < len(items):
-            chunk = items[pos : pos + self.batch_size]
-            results = predict_each(self.eraser, chunk, self._lower)
-            for k, ((_job, image, _resized), pred, err) in zip(where[pos:], results):
-                if err is None:
-                    data[k] = _dumps((image, pred))
-                else:
-                    reason, trace = failure(err, "running the model")
-                    data[k], error[k], tb[k] = b"", reason, trace or ""
-            pos += len(chunk)
-        return {"i": batch["i"], "job": batch["job"], "data": _objects(data), "error": _objects(error),
-                "tb": _objects(tb), "meta": _objects([self.meta] * n)}
-
-    def _lower(self, failed_at: int) -> None:
-        from ben_cli.engines.steps import lowered_batch_size
-
-        new = lowered_batch_size(self.batch_size, failed_at)
-        if new < self.batch_size:
-            warnings.warn(f"out of memory at batch size {failed_at}: retrying one image at a time, batch size {new} "
-                          "from now on (this worker)", BenWarning, stacklevel=2)
-            self.batch_size = new
-            if self.eraser.compiled:
-                self.eraser.batch_size = new
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    """A 1-D object array (bytes and str stay whole, whatever their lengths)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-@functools.lru_cache(maxsize=4)
-def _background(output: OutputOptions) -> Any:
-    from ben_cli.output import load_background
-
-    return load_background(output)
-
-
-def _write_row(row: dict[str, Any], output: OutputOptions) -> dict[str, Any]:
-    """Render, encode and write one job's outputs (CPU task); a failure becomes the row's reason."""
-    from ben_cli.engines.steps import failure
-    from ben_cli.output import output_layout, write_outputs
-
-    out = {"i": row["i"], "outputs": "", "crop": "", "error": row["error"], "tb": row["tb"], "meta": row["meta"]}
-    if row["error"]:
-        return out
-    try:
-        image, pred = pickle.loads(row["data"])
-        layout = output_layout(image, pred, output)
-        out["outputs"] = json.dumps(write_outputs(pickle.loads(row["job"]), image, pred, output, _background(output),
-                                                  layout=layout))
-        out["crop"] = "" if layout is None else json.dumps(layout.to_json())
-    except Exception as e:
-        reason, tb = failure(e, "writing")
-        out.update(error=reason, tb=tb or "")
-    return out
