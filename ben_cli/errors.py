@@ -86,6 +86,15 @@ class EngineError(BenError):
     """An engine cannot run: Ray is not installed, a GPU was asked of a machine without one, the cluster failed."""
 
 
+class StalledError(EngineError):
+    """A Ray run made no progress for the stall limit: the one line says which resource it waits for.
+
+    Exit 1, like a run in which files failed: the files done are kept, the report is written.
+    """
+
+    exit_code = 1
+
+
 class InputError(BenError):
     """One input cannot be used (unreadable, not an image, too large, ...).
 

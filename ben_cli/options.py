@@ -371,17 +371,30 @@ class VideoOptions:
         return fmt
 
 
+STALL_TIMEOUT = 300.0
+"""Default seconds a Ray run may make no progress (no read, batch or write anywhere, no model loading)."""
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """The ray engine's own settings: the cluster to join (None: ``$RAY_ADDRESS``, else the Ray already
     running on this machine, else a runtime started here; ``"local"``: always a runtime started here),
     the GPUs of each model actor (None: 1 when the cluster has GPUs, else 0 and the CPU), and
-    ``verbose``: Ray's own INFO lines on stderr (by default only its warnings)."""
+    ``verbose``: Ray's own INFO lines on stderr (by default only its warnings); ``stall_timeout``: seconds
+    without any progress before the run stops with the resource it waits for (None: 300; 0: never)."""
 
     address: str | None = None
     gpus_per_worker: float | None = None
     verbose: bool = False
+    stall_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:
             raise OptionError("gpus_per_worker", f"must be 0 or more, got {self.gpus_per_worker}")
+        if self.stall_timeout is not None and not self.stall_timeout >= 0:
+            raise OptionError("stall_timeout", f"must be 0 (never) or more seconds, got {self.stall_timeout}")
+
+    @property
+    def stall_seconds(self) -> float:
+        """Seconds without progress before a run stops (``stall_timeout``, default 300; 0: never)."""
+        return STALL_TIMEOUT if self.stall_timeout is None else float(self.stall_timeout)

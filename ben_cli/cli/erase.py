@@ -129,6 +129,11 @@ GpusPerWorker = Annotated[float | None, typer.Option("--gpus-per-worker", min=0,
                                                      show_default=False,
                                                      help="GPUs of each ray model actor (default: 1 when the "
                                                      "cluster has GPUs, else 0: the model on the CPU).")]
+StallTimeout = Annotated[float | None, typer.Option("--stall-timeout", min=0, metavar="S", rich_help_panel=_ENGINE,
+                                                    show_default=False,
+                                                    help="ray: stop when nothing moved for S seconds (no read, "
+                                                    "batch, write or model loading anywhere), saying which "
+                                                    "resource is missing (default 300; 0: wait forever).")]
 _WATCH = "Watch"
 Watch = Annotated[bool, typer.Option("--watch", metavar="", rich_help_panel=_WATCH,
                                      help="After the run, keep watching the INPUT folder (recursively) and process "
@@ -175,6 +180,7 @@ def erase(
     engine: EngineOpt = EngineName.local,
     ray_address: RayAddress = None,
     gpus_per_worker: GpusPerWorker = None,
+    stall_timeout: StallTimeout = None,
     all_frames: AllFrames = False,
     frames: Frames = False,
     smooth: Smooth = 0,
@@ -206,10 +212,12 @@ def erase(
         video = VideoOptions(format=fmt if fmt in ("webm", "mov", "mp4") else "auto", frames=frames,
                              all_frames=all_frames, smooth=smooth, crf=crf)
         check_report_path(report)
-        ray = RayOptions(address=ray_address, gpus_per_worker=gpus_per_worker)
+        ray = RayOptions(address=ray_address, gpus_per_worker=gpus_per_worker, stall_timeout=stall_timeout)
         check_engine(engine.value)
         if engine is EngineName.ray and STDIO in (output, *inputs):
             raise UsageError("--engine ray reads and writes files, folders and URLs, not standard input or output")
+        if engine is EngineName.local and stall_timeout is not None:
+            raise UsageError("--stall-timeout needs --engine ray")
         if engine is EngineName.local and ray != RayOptions():
             raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
         check_watch(inputs, output, watch=watch, settle=settle, poll=poll, ray_engine=engine is EngineName.ray)

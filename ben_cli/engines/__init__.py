@@ -71,6 +71,8 @@ def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: Outp
             raise UsageError("videos run with the local engine only (drop {opt:engine} ray for them)")
         return RayRun(plan.jobs, options, output=output, overwrite=overwrite, workers=workers, settings=settings,
                       existing=plan.existing, ray=ray or RayOptions(), quiet=quiet)
+    if ray is not None and ray.stall_timeout is not None:
+        raise UsageError("{opt:stall_timeout} needs {opt:engine} ray")
     if ray is not None and ray != RayOptions():
         raise UsageError("--ray-address and --gpus-per-worker need --engine ray")  # tests match this library text
     from ben_cli.engines.local import BatchRun

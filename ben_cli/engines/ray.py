@@ -36,12 +36,14 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any
 
-from ben_cli.engines.ray_cluster import Layout, connect, plan_layout
+from ben_cli.engines.ray_cluster import Layout, connect, free_by_node, plan_layout
 from ben_cli.engines.ray_tasks import EraseActor, read_row, write_row
+from ben_cli.engines.ray_watchdog import Watchdog, diagnose, progress_log
 from ben_cli.engines.results import FileResult, Results
-from ben_cli.errors import BenError, EngineError
+from ben_cli.errors import BenError, EngineError, StalledError
 from ben_cli.options import InferenceOptions, OutputOptions, RayOptions
 from ben_cli.plan import Job
 
@@ -76,6 +78,8 @@ class RayRun(Results):
         self.build = build
         self.task_retries = max(0, task_retries)
         self._ray_seconds = 0.0
+        self._joined = False
+        self._stalled: str | None = None  # the watchdog's line, once it stopped the run
 
     def _execute(self) -> None:
         todo = self.pending(self.overwrite, self.existing)
@@ -91,27 +95,37 @@ class RayRun(Results):
         started_here = connect(self.ray.address, self.quiet, verbose=self.ray.verbose)
         try:
             self._ray_seconds = time.perf_counter() - t0
-            joined = bool(self.ray.address or os.environ.get("RAY_ADDRESS"))  # a cluster may gain GPU nodes
-            layout = plan_layout(ray, self.options, self.ray.gpus_per_worker, self.workers, joined)
-            self.settings.update(engine="ray", workers=layout.workers, gpus_per_worker=layout.gpus)
-            self._run_all(todo, layout)
+            self._joined = bool(self.ray.address or os.environ.get("RAY_ADDRESS"))  # it may gain GPU nodes
+            layout = plan_layout(ray, self.options, self.ray.gpus_per_worker, self.workers, self._joined)
+            self.settings.update(engine="ray", workers=layout.workers, gpus_per_worker=layout.gpus,
+                                 cpus_per_worker=layout.actor_cpus, cpus_per_io_task=layout.io_cpus)
+            self._run_all(ray, todo, layout)
+        except KeyboardInterrupt:
+            if self._stalled is not None:  # the watchdog's stop landed after its pass ended
+                raise StalledError(self._stalled) from None
+            raise
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _run_all(self, todo: list[Job], layout: Layout) -> None:
+    def _run_all(self, ray: Any, todo: list[Job], layout: Layout) -> None:
         """Every job once; the jobs of batches whose worker died, again one per batch and one batch at a time
         per actor (nothing else is lost when that file kills its worker again); what is left fails."""
-        left = self._pass(todo, list(range(len(todo))), layout, layout.batch_size)
-        if left:
-            left = self._pass(todo, left, layout, 1)
+        log = progress_log(ray)
+        try:
+            left = self._pass(todo, list(range(len(todo))), layout, layout.batch_size, log)
+            if left:
+                left = self._pass(todo, left, layout, 1, log)
+        finally:
+            ray.kill(log)
         tries = self.task_retries + 1
         for i in left:
             self.record(FileResult(todo[i].label, "failed", error=f"a worker process died on this file ({tries} "
                                    "tries, alone in its batch); see the Ray logs"))
 
-    def _pass(self, todo: list[Job], indices: list[int], layout: Layout, batch_size: int) -> list[int]:
-        """Run ``todo[i]`` for ``i`` in ``indices`` through the pipeline; the indices that got no result."""
+    def _pass(self, todo: list[Job], indices: list[int], layout: Layout, batch_size: int, log: Any) -> list[int]:
+        """Run ``todo[i]`` for ``i`` in ``indices`` through the pipeline; the indices that got no result.
+        A pass that makes no progress for the stall limit raises :class:`~ben_cli.errors.StalledError`."""
         import ray
         from ray.data import ActorPoolStrategy, DataContext
 
@@ -128,30 +142,39 @@ class RayRun(Results):
         if self.quiet:
             context.enable_progress_bars = False
         retries = {"max_retries": self.task_retries}  # Ray Data's default for a dying worker: retry forever
+        watchdog = Watchdog(ray, log, self.ray.stall_seconds, partial(self._explain, ray, layout, len(rows)),
+                            partial(_gpu_wait, ray, layout, self._joined))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # retries only go through ray_remote_args
                 ds = ray.data.from_items(rows, **_blocks_arg(ray.data.from_items, blocks))
-                ds = ds.map(read_row, fn_kwargs={"side": self.options.resolution}, num_cpus=1, **retries)
+                ds = ds.map(read_row, fn_kwargs={"side": self.options.resolution, "log": log},
+                            num_cpus=layout.io_cpus, **retries)
                 ds = ds.map_batches(
                     EraseActor, batch_size=batch_size, batch_format="numpy",
                     fn_constructor_kwargs={"options": layout.options, "build": self.build,
-                                           "threads": layout.threads},
+                                           "threads": layout.threads, "log": log},
                     compute=_actor_pool(ActorPoolStrategy, layout.workers, alone=batch_size == 1),
                     num_cpus=layout.actor_cpus,
                     num_gpus=layout.gpus or None, max_restarts=-1, max_task_retries=self.task_retries)
-                ds = ds.map(write_row, fn_kwargs={"output": self.output}, num_cpus=1, **retries)
+                ds = ds.map(write_row, fn_kwargs={"output": self.output, "log": log}, num_cpus=layout.io_cpus,
+                            **retries)
             seen: set[int] = set()
             results = iter(ds.iter_rows())
             try:
-                for row in results:
-                    seen.add(int(row["i"]))
-                    self._take(todo[int(row["i"])], row)
+                with watchdog:
+                    for row in results:
+                        watchdog.touch()
+                        seen.add(int(row["i"]))
+                        self._take(todo[int(row["i"])], row)
             finally:  # stops the dataset's execution now (its actors hold CPUs), also when interrupted
                 close = getattr(results, "close", None)
                 if close is not None:
                     close()
         except KeyboardInterrupt:
+            if watchdog.reason is not None:
+                self._stalled = watchdog.reason
+                raise StalledError(watchdog.reason) from None
             raise
         except Exception as e:
             raise _as_ben_error(e) from None
@@ -159,6 +182,14 @@ class RayRun(Results):
             context.max_errored_blocks, context.enable_progress_bars = saved
             data_log.setLevel(data_level)
         return [i for i in indices if i not in seen]
+
+    def _explain(self, ray: Any, layout: Layout, rows: int, counts: dict[str, int]) -> str:
+        """What a stalled pass waits for (:func:`~ben_cli.engines.ray_watchdog.diagnose`), and that what was
+        written stays."""
+        reason = diagnose(rows=rows, counts=counts, free=free_by_node(ray), io_cpus=layout.io_cpus,
+                          actor_cpus=layout.actor_cpus, gpus=layout.gpus, workers=layout.workers)
+        done = sum(r.status == "done" for r in self.results)
+        return f"{reason}; stopped, the {done} files done are kept (run again to resume)"
 
     def _take(self, job: Job, row: dict[str, Any]) -> None:
         if row["meta"] and self._loaded_at is None:
@@ -174,6 +205,11 @@ class RayRun(Results):
             crop = row.get("crop") or ""
             self.record(FileResult(job.label, "done", json.loads(row["outputs"]),
                                    crop=json.loads(crop) if crop else None))
+
+
+def _gpu_wait(ray: Any, layout: Layout, joined: bool) -> bool:
+    """True while the model actors wait for GPUs that a joined cluster's autoscaler may add (none up now)."""
+    return joined and layout.gpus > 0 and float(ray.cluster_resources().get("GPU", 0.0)) < layout.gpus
 
 
 def _actor_pool(strategy: Any, workers: int, alone: bool) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ben_cli.engines.ray_watchdog import tick
 from ben_cli.errors import BenWarning
 from ben_cli.options import InferenceOptions, OutputOptions
 
@@ -28,8 +29,9 @@ def _dumps(value: Any) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def read_row(row: dict[str, Any], side: int) -> dict[str, Any]:
-    """Read, decode and resize one job (CPU task); a failure becomes the row's reason."""
+def read_row(row: dict[str, Any], side: int, log: Any = None) -> dict[str, Any]:
+    """Read, decode and resize one job (CPU task); a failure becomes the row's reason. ``log``: the run's
+    :class:`~ben_cli.engines.ray_watchdog.ProgressLog` (told of each row, as every step here tells it)."""
     from ben_cli.engines.steps import failure, read_job
 
     out = {"i": row["i"], "job": row["job"], "data": b"", "error": "", "tb": "", "meta": ""}
@@ -38,6 +40,7 @@ def read_row(row: dict[str, Any], side: int) -> dict[str, Any]:
     except Exception as e:
         reason, tb = failure(e, "reading")
         out.update(error=reason, tb=tb or "")
+    tick(log, "read")
     return out
 
 
@@ -45,17 +48,30 @@ class EraseActor:
     """A model actor: one Eraser built when it starts, then batches of rows through it."""
 
     def __init__(self, options: InferenceOptions, build: Callable[[InferenceOptions], Any] | None,
-                 threads: int) -> None:
+                 threads: int, log: Any = None) -> None:
         import torch
 
         from ben_cli.pipeline import Eraser
 
+        self.log, self.loading = log, log is not None  # loading until its first batch is done (it may compile)
+        tick(log, "started")
+        if log is not None:
+            log.load.remote(True)
         if threads:
             torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        self.eraser = (build or Eraser.from_options)(options)
+        try:
+            self.eraser = (build or Eraser.from_options)(options)
+        except BaseException:
+            self._loaded()
+            raise
         self.batch_size = max(1, options.batch_size_for(self.eraser.device.type))
         self.meta = json.dumps({**self.eraser.settings, "load_seconds": time.perf_counter() - t0})
+
+    def _loaded(self) -> None:
+        if self.loading:
+            self.loading = False
+            self.log.load.remote(False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ben_cli.engines.steps import failure, predict_each
@@ -79,6 +95,8 @@ class EraseActor:
                     reason, trace = failure(err, "running the model")
                     data[k], error[k], tb[k] = b"", reason, trace or ""
             pos += len(chunk)
+            tick(self.log, "model", len(chunk))
+        self._loaded()
         return {"i": batch["i"], "job": batch["job"], "data": _objects(data), "error": _objects(error),
                 "tb": _objects(tb), "meta": _objects([self.meta] * n)}
 
@@ -108,12 +126,13 @@ def _background(output: OutputOptions) -> Any:
     return load_background(output)
 
 
-def write_row(row: dict[str, Any], output: OutputOptions) -> dict[str, Any]:
+def write_row(row: dict[str, Any], output: OutputOptions, log: Any = None) -> dict[str, Any]:
     """Render, encode and write one job's outputs (CPU task); a failure becomes the row's reason."""
     from ben_cli.engines.steps import failure
     from ben_cli.output import output_layout, write_outputs
 
     out = {"i": row["i"], "outputs": "", "crop": "", "error": row["error"], "tb": row["tb"], "meta": row["meta"]}
+    tick(log, "write")
     if row["error"]:
         return out
     try:
