@@ -131,8 +131,9 @@ def cluster():
         assert set(_raylets(temp)) == {"head", "worker"}
         yield c
     finally:
-        _stop(c.started | _cluster_pids(temp))
-        left = {p for p in _cluster_pids(temp) if not _zombie(p)}
+        ours = c.started | _cluster_pids(temp)
+        _stop(ours)
+        left = {p for p in ours | _cluster_pids(temp) if Path(f"/proc/{p}").exists() and not _zombie(p)}
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"Ray processes left: {sorted(left)}"
 
