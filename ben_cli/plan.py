@@ -332,13 +332,16 @@ def _plan_urls(inputs: Sequence[str], output: str | Path | None, kinds: tuple[st
     places = [Place.of(i) for i in inputs]
     for place in places:
         if not place.exists():
-            raise UsageError(f"input not found: {place.url}")
+            bucket = place.missing_bucket()
+            raise UsageError(f"input not found: {place.url}" + (f" (there is no bucket {bucket})" if bucket else ""))
     single = len(places) == 1 and places[0].is_file()
     if str(output) == STDIO:
         if not single:
             raise UsageError("OUTPUT '-' needs a single input image, not a folder or several inputs")
         return Plan([Job(places[0].url, places[0].url, {kinds[0]: STDIO})])
     out = Place.of(str(output))
+    if (bucket := out.missing_bucket()) is not None:
+        raise UsageError(f"cannot write to {out.url}: there is no bucket {bucket} (create it first); nothing was done")
     names_file = PurePosixPath(out.path).suffix.lower() in IMAGE_EXTS and not out.is_dir()
     out_root = Path(out.path) if is_local_fs(out.fs) else None
     if single and names_file:

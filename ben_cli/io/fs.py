@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -31,6 +32,7 @@ from ben_cli.errors import UsageError, install_hint
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+(://|::)")
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
            "adl": "azure"}
+_BUCKETED = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})  # a path's first part is a bucket
 _ONE_PUT_IS_ATOMIC = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "memory"})
 
 
@@ -138,13 +140,35 @@ class Place:
         return PurePosixPath(self.path).name or self.path.strip("/")
 
     def exists(self) -> bool:
-        return bool(self.fs.exists(self.path))
+        with self.denied():
+            return bool(self.fs.exists(self.path))
 
     def is_file(self) -> bool:
-        return bool(self.fs.isfile(self.path))
+        with self.denied():
+            return bool(self.fs.isfile(self.path))
 
     def is_dir(self) -> bool:
-        return bool(self.fs.isdir(self.path))
+        with self.denied():
+            return bool(self.fs.isdir(self.path))
+
+    def missing_bucket(self) -> str | None:
+        """The bucket (container) of this object-store place when it does not exist; None otherwise."""
+        if self.protocol not in _BUCKETED:
+            return None
+        bucket = self.path.lstrip("/").split("/", 1)[0]
+        with self.denied():
+            return None if not bucket or self.fs.exists(bucket) else bucket
+
+    @contextlib.contextmanager
+    def denied(self) -> Iterator[None]:
+        """A store's refusal (wrong or missing credentials, no permission) as one :class:`UsageError` naming
+        this place."""
+        try:
+            yield
+        except PermissionError as e:
+            reason = str(e).strip() or "permission denied"
+            raise UsageError(f"{self.url}: access denied ({reason}); check the credentials for {self.protocol}:// "
+                             "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or a profile)") from None
 
     def relative(self, path: str) -> PurePosixPath | None:
         """``path`` (of this file system) relative to this place, or None when it lies elsewhere."""
@@ -161,7 +185,8 @@ class Place:
         """Every file below this place, recursively (paths of its file system); [] when there is none."""
         if not self.exists():
             return []
-        return list(self.fs.find(self.path, withdirs=False))
+        with self.denied():
+            return list(self.fs.find(self.path, withdirs=False))
 
     def heads(self, paths: list[str], size: int) -> list[bytes | None]:
         """The first ``size`` bytes of each file, fetched together; None for a file that cannot be read."""
