@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(RAY is None or not Path("/proc").is_dir(), reason="needs the ray CLI and /proc")]
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = 24
+IMAGES = 12
 
 
 # --------------------------------------------------------------------------- processes
@@ -84,7 +84,7 @@ def _stop(pids: set[int]) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids):
             time.sleep(0.2)
 
@@ -122,7 +122,9 @@ def cluster():
     temp = Path(tempfile.mkdtemp(prefix="rbt", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), PYTHONPATH=str(ROOT),
-               RAY_USAGE_STATS_ENABLED="0")
+               RAY_USAGE_STATS_ENABLED="0",
+               RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000",  # a lost node seen in ~3 s
+               RAY_health_check_failure_threshold="3")
     port = _free_port()
     c = Cluster(temp, f"127.0.0.1:{port}", env)
     try:
@@ -219,7 +221,7 @@ def test_a_run_that_cannot_start_stops_with_the_missing_resource(cluster, tiny_c
         report = tmp_path / "report.json"
         t0 = time.monotonic()
         proc = cluster.ben(*_erase_args(tiny_checkpoint, inputs, tmp_path / "out", "--engine", "ray", "--ray-address",
-                                        cluster.address, "--stall-timeout", "10", "--report", str(report)))
+                                        cluster.address, "--stall-timeout", "6", "--report", str(report)))
         _, err = proc.communicate(timeout=240)
         waited = time.monotonic() - t0
     finally:
@@ -227,9 +229,9 @@ def test_a_run_that_cannot_start_stops_with_the_missing_resource(cluster, tiny_c
                        capture_output=True, timeout=120)
     assert proc.returncode == 1, err
     line = [x for x in _ben_lines(err) if "no progress" in x]
-    assert len(line) == 1 and "made no progress for 1" in line[0], err
+    assert len(line) == 1 and "made no progress for " in line[0], err
     assert "the model workers need 0.5 CPU each and no node has that free (free CPUs by node: 0.1, 0.1)" in line[0]
-    assert waited < 120
+    assert waited < 90
     run = json.loads(report.read_text())["run"]
     assert run["error"] and "no progress" in run["error"] and run["not_processed"] == IMAGES
 
@@ -241,7 +243,7 @@ def test_a_lost_node_loses_no_image(cluster, tiny_checkpoint, inputs, local_outp
     proc = cluster.ben(*_erase_args(tiny_checkpoint, inputs, out, "--engine", "ray", "--ray-address", cluster.address,
                                     "--workers", "2", "--stall-timeout", "120", "--report", str(report)))
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(out.rglob("*.alpha.png"))) < IMAGES // 4 and proc.poll() is None:
+    while time.monotonic() < deadline and len(list(out.rglob("*.alpha.png"))) < 2 and proc.poll() is None:
         time.sleep(0.2)
     written = len(list(out.rglob("*.alpha.png")))
     assert proc.poll() is None, proc.communicate()[1]
