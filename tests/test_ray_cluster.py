@@ -4,7 +4,7 @@ A head and a second node of one CPU each (the layout the issue found hanging), t
 on (Ray 2.60's default for ``ray start --head``; the token is the module's own, in the environment),
 a temp dir of their own (so that no other test's ``ray.init`` finds them). Every ``ben`` runs as a
 subprocess through ``--ray-address``. Every process the module starts is stopped at the end by its own
-process id (never ``ray stop``, which would stop other Ray runtimes on the machine). About 2-3 minutes.
+process id (never ``ray stop``, which would stop other Ray runtimes on the machine). About 1.5 minutes.
 """
 
 from __future__ import annotations
