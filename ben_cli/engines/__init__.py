@@ -67,10 +67,8 @@ def create_run(name: str, plan: Plan, options: InferenceOptions, *, output: Outp
                              "give one device, not a list")
         from ben_cli.engines.ray import RayRun
 
-        if any(job.video for job in plan.jobs):
-            raise UsageError("videos run with the local engine only (drop {opt:engine} ray for them)")
         return RayRun(plan.jobs, options, output=output, overwrite=overwrite, workers=workers, settings=settings,
-                      existing=plan.existing, ray=ray or RayOptions(), quiet=quiet)
+                      existing=plan.existing, ray=ray or RayOptions(), quiet=quiet, video=video)
     if ray is not None and ray.stall_timeout is not None:
         raise UsageError("{opt:stall_timeout} needs {opt:engine} ray")
     if ray is not None and ray != RayOptions():

@@ -5,6 +5,10 @@ One Ray Data dataset over the jobs still to do::
     jobs -> read, decode, resize (CPU tasks) -> Eraser.predict (a pool of actors, a GPU each on a GPU
          cluster) -> render, encode, write atomically (CPU tasks) -> one result per job, back here
 
+Videos run one per actor task: the actor decodes the clip, batches its frames through its Eraser,
+encodes and renames into place (:func:`~ben_cli.video.erase_video`, as the local engine does), so a
+folder of clips spreads over the actors (see :meth:`RayRun._run_all`).
+
 Each row carries its pickled :class:`~ben_cli.plan.Job`; what runs in the workers is in
 :mod:`~ben_cli.engines.ray_tasks` (the local engine's read, predict and write steps, so both engines
 read, compute, name and write the same files; names come from the plan, one listing of OUTPUT), and
@@ -44,7 +48,7 @@ from ben_cli.engines.ray_tasks import EraseActor, read_row, write_row
 from ben_cli.engines.ray_watchdog import Watchdog, diagnose, progress_log
 from ben_cli.engines.results import FileResult, Results
 from ben_cli.errors import BenError, EngineError, StalledError
-from ben_cli.options import InferenceOptions, OutputOptions, RayOptions
+from ben_cli.options import InferenceOptions, OutputOptions, RayOptions, VideoOptions
 from ben_cli.plan import Job
 
 
@@ -55,7 +59,8 @@ class RayRun(Results):
     ``Eraser.from_options``; ``build`` must pickle). ``workers``: model actors (default one
     per GPU of the cluster over ``gpus_per_worker``, else one). ``existing``: the output
     files the plan listed (fsspec OUTPUT); without it each output is looked up here.
-    ``task_retries``: how often a batch whose worker died is retried.
+    ``task_retries``: how often a batch whose worker died is retried. ``video``: how videos are
+    written (as for the local engine).
     """
 
     def __init__(self, jobs: Sequence[Job], options: InferenceOptions, *, output: OutputOptions | None = None,
@@ -63,7 +68,7 @@ class RayRun(Results):
                  existing: Collection[str] | None = None, ray: RayOptions | None = None, quiet: bool = False,
                  build: Callable[[InferenceOptions], Any] | None = None, task_retries: int = 2,
                  on_result: Callable[[FileResult], None] | None = None,
-                 on_event: Callable[..., None] | None = None) -> None:
+                 on_event: Callable[..., None] | None = None, video: VideoOptions | None = None) -> None:
         from ben_cli.output import load_background
 
         super().__init__(jobs, on_result=on_result, on_event=on_event, settings=settings)
@@ -77,6 +82,7 @@ class RayRun(Results):
         self.quiet = quiet
         self.build = build
         self.task_retries = max(0, task_retries)
+        self.video = video
         self._ray_seconds = 0.0
         self._joined = False
         self._stalled: str | None = None  # the watchdog's line, once it stopped the run
@@ -110,12 +116,25 @@ class RayRun(Results):
 
     def _run_all(self, ray: Any, todo: list[Job], layout: Layout) -> None:
         """Every job once; the jobs of batches whose worker died, again one per batch and one batch at a time
-        per actor (nothing else is lost when that file kills its worker again); what is left fails."""
+        per actor (nothing else is lost when that file kills its worker again); what is left fails.
+
+        The videos come after the images, in a pass of their own: one video per batch and one batch at a
+        time per actor. Ray Data cuts batches by row count, across blocks, so in the images' pass a clip
+        would share its batch with images (written only once the clip is done) or with other clips
+        (run one after the other on one actor while others wait). Alone, each clip is one task, taken by
+        the next free actor. The price: the actors start (and load the model) once more for the videos
+        (no more of them than clips).
+        A video whose worker died was already alone: it is not run again.
+        """
+        images = [i for i, job in enumerate(todo) if not job.video]
+        videos = [i for i, job in enumerate(todo) if job.video]
         log = progress_log(ray)
         try:
-            left = self._pass(todo, list(range(len(todo))), layout, layout.batch_size, log)
+            left = self._pass(todo, images, layout, layout.batch_size, log) if images else []
             if left:
                 left = self._pass(todo, left, layout, 1, log)
+            if videos:  # no more actors than clips
+                left += self._pass(todo, videos, _with_workers(layout, min(layout.workers, len(videos))), 1, log)
         finally:
             ray.kill(log)
         tries = self.task_retries + 1
@@ -153,7 +172,8 @@ class RayRun(Results):
                 ds = ds.map_batches(
                     EraseActor, batch_size=batch_size, batch_format="numpy",
                     fn_constructor_kwargs={"options": layout.options, "build": self.build,
-                                           "threads": layout.threads, "log": log},
+                                           "threads": layout.threads, "log": log, "output": self.output,
+                                           "video": self.video},
                     compute=_actor_pool(ActorPoolStrategy, layout.workers, alone=batch_size == 1),
                     num_cpus=layout.actor_cpus,
                     num_gpus=layout.gpus or None, max_restarts=-1, max_task_retries=self.task_retries)
@@ -202,9 +222,18 @@ class RayRun(Results):
         if row["error"]:
             self.record(FileResult(job.label, "failed", error=row["error"], traceback=row["tb"] or None))
         else:
-            crop = row.get("crop") or ""
+            crop, frames = row.get("crop") or "", row.get("frames") or ""
             self.record(FileResult(job.label, "done", json.loads(row["outputs"]),
-                                   crop=json.loads(crop) if crop else None))
+                                   frames=int(frames) if frames else None, crop=json.loads(crop) if crop else None))
+
+
+def _with_workers(layout: Layout, workers: int) -> Layout:
+    """``layout`` with ``workers`` model actors."""
+    import copy
+
+    fewer = copy.copy(layout)
+    fewer.workers = workers
+    return fewer
 
 
 def _gpu_wait(ray: Any, layout: Layout, joined: bool) -> bool:
